@@ -1,0 +1,19 @@
+# README.md's set-up commands. Each creates .venv on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN = $(VENV)/bin
+
+.PHONY: setup test bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/easel bench

@@ -1,0 +1,1 @@
+"""Easel's Discord layer: slash commands in, pool jobs out, replies back."""
