@@ -1,0 +1,176 @@
+"""The PyTorch style networks against the original ONNX graphs, on real photos."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from conftest import photo_array
+from models import weights
+from models.samples import painting
+from models.style.arbitrary import StylePredictor, StyleTransformer
+from models.style.layers import reflect_conv2d
+from models.style.presets import PresetStyleNet, parse_presets
+
+PHOTOS = ("cat", "coffee", "astronaut")
+
+
+def strip_activation_quantization(model_bytes: bytes) -> bytes:
+    """The same graph with every activation QuantizeLinear/DequantizeLinear made an Identity.
+
+    Weight DequantizeLinear nodes stay, so onnxruntime still dequantises the original int8
+    weights itself; only the fake-quantised activations between float ops are removed.
+    """
+    model = onnx.load_from_string(model_bytes)
+    initializers = {i.name for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] not in initializers:
+            node = onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model.SerializeToString()
+
+
+def session(model_bytes: bytes, optimise: bool = True) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    if not optimise:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def square(array: np.ndarray, side: int) -> np.ndarray:
+    image = Image.fromarray(array)
+    s = min(image.size)
+    left, top = (image.width - s) // 2, (image.height - s) // 2
+    image = image.crop((left, top, left + s, top + s)).resize((side, side), Image.Resampling.LANCZOS)
+    return np.asarray(image, np.float32)[None] / 255
+
+
+@pytest.fixture(scope="module")
+def arbitrary(real_weights):
+    state = weights.load("style-arbitrary")
+    predictor, transformer = StylePredictor().eval(), StyleTransformer().eval()
+    predictor.load_state_dict({k.removeprefix("predictor."): v for k, v in state.items() if k.startswith("predictor.")})
+    transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")})
+    return predictor, transformer
+
+
+@pytest.fixture(scope="module")
+def presets(real_weights):
+    net = PresetStyleNet().eval()
+    net.load_state_dict(weights.load("style-presets"))
+    return net
+
+
+def nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1)
+
+
+def nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).permute(0, 3, 1, 2)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("content", PHOTOS)
+@pytest.mark.parametrize("spec", ["0", "7", "19", "3:0.5,12:0.5"])
+def test_presets_match_the_original_onnx(presets, content, spec):
+    (original,) = weights.wheel_members(weights.REGISTRY["style-presets"])
+    image = square(photo_array(content), 512)
+    mix = parse_presets(spec)
+    expected = session(original).run(None, {"image": image.transpose(0, 3, 1, 2).copy(), "style_weights": mix.numpy()})[0]
+    ours = presets(nchw(image), mix[None]).numpy()
+    assert np.abs(ours - expected).mean() <= 0.02
+    assert np.abs(ours - expected).max() <= 1e-4  # the graph is float: the port is exact
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("content, style", [("cat", "coffee"), ("coffee", "astronaut"), ("astronaut", "painting")])
+def test_arbitrary_conversion_is_exact(arbitrary, content, style):
+    """Against the original files with only the activation fake-quantisation removed: equal to float rounding."""
+    predictor, transformer = arbitrary
+    predict_onnx, transform_onnx = weights.wheel_members(weights.REGISTRY["style-arbitrary"])
+    style_rgb = np.asarray(Image.open(io.BytesIO(painting())).convert("RGB")) if style == "painting" else photo_array(style)
+    style_array = square(style_rgb, 256)
+    content_array = square(photo_array(content), 384)
+    vector = session(strip_activation_quantization(predict_onnx), optimise=False).run(None, {"style_image": style_array})[0]
+    assert np.abs(predictor(nchw(style_array)).numpy() - vector.reshape(1, 100)).max() <= 1e-4
+    expected = session(strip_activation_quantization(transform_onnx), optimise=False).run(
+        None, {"content_image": content_array, "mobilenet_conv/Conv/BiasAdd": vector})[0]
+    ours = nhwc(transformer(nchw(content_array), torch.from_numpy(vector.reshape(1, 100)))).numpy()
+    assert np.abs(ours - expected).max() <= 1e-4
+
+
+@torch.inference_mode()
+def test_networks_run_at_any_resolution(arbitrary, presets):
+    predictor, transformer = arbitrary
+    for h, w in ((301, 517), (1000, 640), (64, 64)):
+        content = torch.rand(1, 3, h, w)
+        assert transformer(content, predictor(torch.rand(1, 3, 256, 256))).shape == (1, 3, h, w)
+        assert presets(content, parse_presets("4")[None]).shape == (1, 3, h, w)
+    assert predictor(torch.rand(1, 3, 300, 200)).shape == (1, 100)
+
+
+@torch.inference_mode()
+def test_a_batch_gives_what_each_image_gives_alone(arbitrary):
+    predictor, transformer = arbitrary
+    contents = nchw(np.concatenate([square(photo_array(p), 320) for p in PHOTOS]))
+    styles = nchw(np.concatenate([square(photo_array(p), 256) for p in reversed(PHOTOS)]))
+    batched = transformer(contents, predictor(styles))
+    for i in range(3):
+        alone = transformer(contents[i:i + 1], predictor(styles[i:i + 1]))
+        assert (batched[i:i + 1] - alone).abs().max() <= 1e-4
+
+
+@torch.inference_mode()
+def test_channels_last_gives_the_same_pixels(presets):
+    content, mix = torch.rand(1, 3, 200, 264), parse_presets("5")[None]
+    expected = presets(content, mix)
+    net = PresetStyleNet().eval()
+    net.load_state_dict(presets.state_dict())
+    net.to(memory_format=torch.channels_last)
+    assert (net(content.contiguous(memory_format=torch.channels_last), mix) - expected).abs().max() <= 1e-4
+
+
+@torch.inference_mode()
+def test_bfloat16_autocast_keeps_the_picture(presets):
+    """What the GPU path uses (reduced precision, norms in float32), checked on the CPU."""
+    content = nchw(square(photo_array("coffee"), 256))
+    mix = parse_presets("7")[None]
+    full = presets(content, mix)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = presets(content, mix).float()
+    psnr = 10 * torch.log10(1 / F.mse_loss(half, full))
+    assert psnr >= 30
+
+
+def test_reflect_conv_without_padding_copy_is_exact():
+    rng = torch.Generator().manual_seed(0)
+    for k, stride in ((3, 1), (3, 2), (9, 1), (5, 2)):
+        for h, w in ((4 * k, 4 * k + 3), (37, 50), (64, 41)):
+            x = torch.randn(2, 3, h, w, generator=rng)
+            weight, bias = torch.randn(4, 3, k, k, generator=rng), torch.randn(4, generator=rng)
+            for memory in (torch.contiguous_format, torch.channels_last):
+                xx = x.contiguous(memory_format=memory)
+                expected = F.conv2d(F.pad(xx, (k // 2,) * 4, mode="reflect"), weight, bias, stride)
+                assert torch.equal(reflect_conv2d(xx, weight, bias, stride, k // 2), expected)
+
+
+@pytest.mark.parametrize("spec, index", [("7", {7: 1.0}), ("3:1,12:3", {3: 0.25, 12: 0.75}), ({2: 2, 5: 2}, {2: 0.5, 5: 0.5})])
+def test_parse_presets(spec, index):
+    weights_ = parse_presets(spec)
+    assert {i: round(float(w), 3) for i, w in enumerate(weights_) if w} == index
+
+
+@pytest.mark.parametrize("spec", ["26", "-1", "a", "3:-1", "0:0", ""])
+def test_parse_presets_rejects_nonsense(spec):
+    with pytest.raises(ValueError):
+        parse_presets(spec)
