@@ -1,0 +1,101 @@
+"""DeblurNet: a compact NAFNet-style U-Net that predicts a residual (Chen et al. 2022).
+
+The blocks keep NAFNet's choices that make small restoration nets train well (LayerNorm,
+SimpleGate instead of activations, learnable residual scales) but drop its channel attention:
+that pools over the whole input, so a tile would see different statistics than the full photo
+and tiled inference would no longer match whole-image inference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of an NCHW tensor."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def simple_gate(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=1)
+    return a * b
+
+
+class NAFBlock(nn.Module):
+    """Depthwise-conv mixing then a gated feed-forward, each a scaled residual."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm2d(c)
+        self.expand = nn.Conv2d(c, 2 * c, 1)
+        self.dwconv = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.project = nn.Conv2d(c, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.ffn_in = nn.Conv2d(c, 2 * c, 1)
+        self.ffn_out = nn.Conv2d(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(simple_gate(self.dwconv(self.expand(self.norm1(x)))))
+        x = x + self.beta * y
+        y = self.ffn_out(simple_gate(self.ffn_in(self.norm2(x))))
+        return x + self.gamma * y
+
+
+class DeblurNet(nn.Module):
+    """U-Net of NAF blocks; input and output are NCHW RGB in 0..1, any size (padded to 2**levels)."""
+
+    def __init__(
+        self,
+        width: int = 16,
+        enc_blocks: tuple[int, ...] = (1, 1, 2, 4),
+        mid_blocks: int = 4,
+        dec_blocks: tuple[int, ...] = (1, 1, 1, 1),
+    ) -> None:
+        super().__init__()
+        self.intro = nn.Conv2d(3, width, 3, padding=1)
+        self.ending = nn.Conv2d(width, 3, 3, padding=1)
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        c = width
+        for n in enc_blocks:
+            self.encoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle = nn.Sequential(*[NAFBlock(c) for _ in range(mid_blocks)])
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for n in dec_blocks:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
+        self.multiple = 2 ** len(enc_blocks)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        pad_h, pad_w = -h % self.multiple, -w % self.multiple
+        x = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else image
+        feat = self.intro(x)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            feat = encoder(feat)
+            skips.append(feat)
+            feat = down(feat)
+        feat = self.middle(feat)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
+            feat = decoder(up(feat) + skip)
+        return (x + self.ending(feat))[..., :h, :w]
