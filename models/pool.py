@@ -1,0 +1,393 @@
+"""InferencePool: an asyncio front to the models, with dynamic batching and backpressure.
+
+    pool = InferencePool(PoolConfig(device="auto"))
+    await pool.start()
+    result = await pool.submit(Job("dream", {"count": 4, "seed": 7}), on_progress=print)
+    await pool.close()
+
+`submit` is the whole API a caller needs (plus `status` and `close`): plain data in, encoded
+images out. Inside, one worker per device (each CUDA device, or the CPU) pulls jobs from a
+bounded queue. The oldest job's batch key decides the next batch: jobs with the same key
+that arrive within `batch_wait_s` of it join, up to `max_batch`, in arrival order. Model code
+runs on the worker's own thread, so the event loop never waits on a tensor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models.errors import BusyError, JobTimeout, ResourceError, UserError
+from models.images import Limits
+from models.jobs import Job, Progress, Result
+from models.tasks import TASKS, Plan, RunContext, Task
+
+log = logging.getLogger("easel.pool")
+
+ProgressCallback = Callable[[Progress], None]
+MAX_SHRINK = 3
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    max_batch: int = 8
+    batch_wait_s: float = 0.02
+    max_queue: int = 64
+    job_timeout_s: float = 600.0
+    preload: bool = True  # load every model at start (else on first use)
+    warmup: bool = True
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA where a task allows it, fp32 on CPU), fp32, bf16, fp16
+    cpu_threads: int = 0  # 0: all cores
+    limits: Limits = Limits()
+    tasks: tuple[str, ...] = tuple(TASKS)
+
+
+def resolve_devices(spec: str) -> list[torch.device]:
+    """EASEL_DEVICE semantics: auto = every visible GPU, else the CPU."""
+    cuda = torch.cuda.is_available()
+    if spec == "auto":
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if cuda else [torch.device("cpu")]
+    if spec == "cpu":
+        return [torch.device("cpu")]
+    if spec.startswith("cuda"):
+        if not cuda:
+            raise RuntimeError(f"EASEL_DEVICE={spec} but PyTorch sees no CUDA device (CPU-only build, or no driver).")
+        if spec == "cuda":
+            return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        index = int(spec.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"EASEL_DEVICE={spec} but only {torch.cuda.device_count()} CUDA device(s) are visible.")
+        return [torch.device("cuda", index)]
+    raise RuntimeError(f"EASEL_DEVICE must be auto, cpu, cuda or cuda:N, not {spec!r}.")
+
+
+def _reduced_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Hand a callback to the event loop from the worker thread; after shutdown there is no one to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+@dataclass(eq=False)
+class _Ticket:
+    job: Job
+    task: Task
+    plan: Plan
+    future: asyncio.Future[Result]
+    on_progress: ProgressCallback | None
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0
+    cancelled: bool = False
+    last_report: tuple[str, int, float] = ("", -1, -1.0)
+
+    def report(self, progress: Progress) -> None:
+        """Call the progress callback when something a person would notice changed."""
+        key = (progress.state, progress.position, round(progress.fraction, 1))
+        if self.on_progress is None or self.cancelled or key == self.last_report:
+            return
+        self.last_report = key
+        try:
+            self.on_progress(progress)
+        except Exception:
+            log.exception("progress callback failed for a %s job", self.job.task)
+
+
+class _Worker:
+    """One device: its thread, its loaded networks, and the batch it is running."""
+
+    def __init__(self, device: torch.device, config: PoolConfig) -> None:
+        self.device = device
+        self.config = config
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"easel-{device}")
+        self.nets: dict[str, Any] = {}
+        self.channels_last = True  # faster convolutions on CUDA and on this project's CPUs (see README, Performance)
+        self.busy = False
+
+    def name(self) -> str:
+        return str(self.device)
+
+    def nets_for(self, task: Task) -> Any:
+        """Load a task's networks once per device (on the worker thread)."""
+        if task.name not in self.nets:
+            started = time.perf_counter()
+            self.nets[task.name] = task.load(self.device, self.channels_last)
+            log.info("loaded %s on %s in %.1fs", task.name, self.device, time.perf_counter() - started)
+        return self.nets[task.name]
+
+    def context(self, progress: Callable[[float], None]) -> RunContext:
+        return RunContext(self.device, _reduced_dtype(self.config.precision, self.device), self.channels_last, 0, progress)
+
+    def run_batch(self, task: Task, items: list[Any], ctx: RunContext) -> list[Any]:
+        """task.run with out-of-memory recovery: split the batch, then ask the task to shrink its work."""
+        try:
+            return task.run(self.nets_for(task), items, ctx)
+        except torch.OutOfMemoryError:
+            self.release_memory()
+            if len(items) > 1:
+                half = len(items) // 2
+                log.warning("out of memory on %s with a batch of %d %s jobs: splitting", self.device, len(items), task.name)
+                return self.run_batch(task, items[:half], ctx) + self.run_batch(task, items[half:], ctx)
+            if ctx.shrink < MAX_SHRINK:
+                log.warning("out of memory on %s for one %s job: retrying smaller (level %d)", self.device, task.name, ctx.shrink + 1)
+                return self.run_batch(task, items, dataclasses.replace(ctx, shrink=ctx.shrink + 1))
+            raise ResourceError("That is too large for this server's GPU memory right now; try a smaller image or size.") from None
+
+    def release_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class InferencePool:
+    def __init__(self, config: PoolConfig = PoolConfig(), tasks: list[Task] | None = None) -> None:
+        """`tasks` replaces the registry's (tests use small fakes); by default config.tasks names them."""
+        self.config = config
+        self.tasks = {t.name: t for t in tasks} if tasks is not None else {name: TASKS[name] for name in config.tasks}
+        self._queue: list[_Ticket] = []
+        self._changed = asyncio.Condition()
+        self._workers: list[_Worker] = []
+        self._loops: list[asyncio.Task[None]] = []
+        self._running: set[_Ticket] = set()
+        self._closing = False
+        self._seconds_per_cost: dict[str, float] = {}
+        self.started = False
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Pick devices, and (by default) load and warm up every model before taking work."""
+        if self.config.cpu_threads or not torch.cuda.is_available():
+            torch.set_num_threads(self.config.cpu_threads or os.cpu_count() or 1)
+        self._workers = [_Worker(d, self.config) for d in resolve_devices(self.config.device)]
+        if self.config.preload:
+            await asyncio.gather(*(self._prepare_worker(w) for w in self._workers))
+        self._loops = [asyncio.create_task(self._work(w), name=f"easel-pool-{w.name()}") for w in self._workers]
+        self.started = True
+
+    async def _prepare_worker(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        for task in self.tasks.values():
+            await loop.run_in_executor(worker.executor, worker.nets_for, task)
+            if self.config.warmup:
+                for job in task.warmup_jobs():
+                    await loop.run_in_executor(worker.executor, self._warm, worker, task, job)
+
+    def _warm(self, worker: _Worker, task: Task, job: Job) -> None:
+        with torch.inference_mode():
+            item = task.prepare(job, self.config.limits)
+            task.finish(job, item, worker.run_batch(task, [item], worker.context(lambda f: None))[0])
+
+    async def close(self, deadline_s: float = 30.0) -> None:
+        """Stop taking jobs, let queued and running ones finish until the deadline, then cancel the rest."""
+        self._closing = True
+        end = time.monotonic() + deadline_s
+        while (self._queue or self._running) and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        for ticket in self._queue + list(self._running):
+            ticket.cancelled = True
+            if not ticket.future.done():
+                ticket.future.set_exception(BusyError("The bot is shutting down; please try again in a minute."))
+        self._queue.clear()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        for worker in self._workers:
+            worker.executor.shutdown(wait=False, cancel_futures=True)
+        self.started = False
+
+    # -- submitting ------------------------------------------------------------------
+
+    async def submit(self, job: Job, on_progress: ProgressCallback | None = None, timeout: float | None = None) -> Result:
+        """Run one job; raises UserError (bad input), BusyError (queue full, or it could not finish
+        within `timeout`), JobTimeout, ResourceError. Cancelling the await drops the job."""
+        if self._closing or not self.started:
+            raise BusyError("The bot is shutting down; please try again in a minute.")
+        task = self.tasks.get(job.task)
+        if task is None:
+            raise UserError(f"There is no {job.task!r} command here.")
+        plan = task.plan(job, self.config.limits)
+        if len(self._queue) >= self.config.max_queue:
+            raise BusyError("I'm busy with a queue of requests right now; please try again in a moment.")
+        timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
+        estimate = self.estimate_wait_s(task.name, plan.cost)
+        if estimate is not None and estimate > timeout:
+            raise BusyError(f"The queue would take about {estimate / 60:.0f} minutes, longer than I can keep "
+                            "your request open; please try again later.")
+        ticket = _Ticket(job, task, plan, asyncio.get_running_loop().create_future(), on_progress)
+        self._queue.append(ticket)
+        ticket.report(Progress("queued", len(self._queue) - 1, 0.0, estimate))
+        async with self._changed:
+            self._changed.notify_all()
+        try:
+            return await asyncio.wait_for(asyncio.shield(ticket.future), timeout)
+        except TimeoutError:
+            self._drop(ticket)
+            raise JobTimeout(f"That took longer than {timeout:.0f} seconds and was stopped.") from None
+        except asyncio.CancelledError:
+            self._drop(ticket)
+            raise
+
+    def _drop(self, ticket: _Ticket) -> None:
+        ticket.cancelled = True
+        if ticket in self._queue:
+            self._queue.remove(ticket)
+            self._report_positions()
+        if not ticket.future.done():
+            ticket.future.cancel()
+
+    # -- scheduling ------------------------------------------------------------------
+
+    async def _next_batch(self) -> list[_Ticket]:
+        """Wait for work; return the oldest job plus same-key jobs that came within the window."""
+        async with self._changed:
+            while True:
+                if not self._queue:
+                    await self._changed.wait()
+                    continue
+                head = self._queue[0]
+                mates = [t for t in self._queue if t.plan.key == head.plan.key][: self.config.max_batch]
+                wait = head.queued_at + self.config.batch_wait_s - time.monotonic()
+                if wait > 0 and len(mates) < self.config.max_batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), wait)
+                    continue
+                for t in mates:
+                    self._queue.remove(t)
+                self._report_positions()
+                return mates
+
+    def _report_positions(self) -> None:
+        for position, ticket in enumerate(self._queue):
+            ticket.report(Progress("queued", position, 0.0, self.estimate_wait_s(ticket.task.name, ticket.plan.cost, position)))
+
+    async def _work(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            batch = [t for t in batch if not t.cancelled]
+            if not batch:
+                continue
+            worker.busy = True
+            self._running.update(batch)
+            started = time.monotonic()
+            for t in batch:
+                t.started_at = started
+                t.report(Progress("running", 0, 0.0))
+            try:
+                await loop.run_in_executor(worker.executor, self._execute, worker, batch, loop)
+            except Exception:  # _execute delivers per-job errors itself; this is a bug in the pool
+                log.exception("batch of %d %s jobs failed on %s", len(batch), batch[0].task.name, worker.name())
+            finally:
+                self._learn(batch, time.monotonic() - started)
+                self._running.difference_update(batch)
+                worker.busy = False
+            if not self._queue:
+                await loop.run_in_executor(worker.executor, worker.release_memory)
+
+    def _execute(self, worker: _Worker, batch: list[_Ticket], loop: asyncio.AbstractEventLoop) -> None:
+        """On the worker thread: prepare each job, run the batch once, finish and deliver each job."""
+        task = batch[0].task
+
+        def deliver(ticket: _Ticket, outcome: Result | BaseException) -> None:
+            def settle() -> None:
+                if ticket.future.done():
+                    return
+                if isinstance(outcome, BaseException):
+                    ticket.future.set_exception(outcome)
+                else:
+                    ticket.future.set_result(outcome)
+            _call_soon(loop, settle)
+
+        def progress(fraction: float) -> None:
+            for t in batch:
+                _call_soon(loop, t.report, Progress("running", 0, fraction))
+
+        with torch.inference_mode():
+            live, items = [], []
+            for ticket in batch:
+                if ticket.cancelled:
+                    continue
+                try:
+                    items.append(task.prepare(ticket.job, self.config.limits))
+                    live.append(ticket)
+                except UserError as error:
+                    deliver(ticket, error)
+            still = [n for n, t in enumerate(live) if not t.cancelled]  # dropped while decoding: never computed
+            live, items = [live[n] for n in still], [items[n] for n in still]
+            if not live:
+                return
+            try:
+                outputs = worker.run_batch(task, items, worker.context(progress))
+            except Exception as error:
+                if not isinstance(error, UserError):
+                    log.exception("%s batch of %d failed on %s", task.name, len(live), worker.name())
+                for ticket in live:
+                    deliver(ticket, error)
+                return
+            for ticket, item, output in zip(live, items, outputs):
+                if ticket.cancelled:
+                    continue
+                try:
+                    result = task.finish(ticket.job, item, output)
+                    timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3),
+                               "run_s": round(time.monotonic() - ticket.started_at, 3), "batch": len(live),
+                               "device": worker.name()}
+                    deliver(ticket, Result(result.files, {**result.info, **timings}))
+                except Exception as error:
+                    if not isinstance(error, UserError):
+                        log.exception("finishing a %s job failed", task.name)
+                    deliver(ticket, error)
+
+    # -- estimates and status ------------------------------------------------------------
+
+    def _learn(self, batch: list[_Ticket], seconds: float) -> None:
+        cost = sum(t.plan.cost for t in batch) or 1e-6
+        name = batch[0].task.name
+        rate = seconds / cost
+        old = self._seconds_per_cost.get(name)
+        self._seconds_per_cost[name] = rate if old is None else 0.7 * old + 0.3 * rate
+
+    def estimate_wait_s(self, task: str, cost: float, position: int | None = None) -> float | None:
+        """Seconds until a job of this cost would be done, from measured rates; None before any measurement."""
+        ahead = self._queue if position is None else self._queue[:position]
+        rates = self._seconds_per_cost
+        if task not in rates or any(t.task.name not in rates for t in ahead):
+            return None
+        queued = sum(t.plan.cost * rates[t.task.name] for t in ahead)
+        return (queued / max(1, len(self._workers))) + cost * rates[task]
+
+    def status(self) -> dict[str, Any]:
+        """Plain-data snapshot for /status, health checks and metrics."""
+        return {
+            "started": self.started,
+            "closing": self._closing,
+            "queued": len(self._queue),
+            "running": len(self._running),
+            "max_queue": self.config.max_queue,
+            "devices": [
+                {"device": w.name(), "busy": w.busy, "models": sorted(w.nets),
+                 "name": torch.cuda.get_device_name(w.device) if w.device.type == "cuda" else "CPU"}
+                for w in self._workers
+            ],
+            "seconds_per_megapixel": {k: round(v, 4) for k, v in self._seconds_per_cost.items()},
+        }

@@ -1,0 +1,10 @@
+"""The tasks the pool can run, by name."""
+
+from models.tasks.base import OptionError, Plan, RunContext, Task
+from models.tasks.dream import Dream
+from models.tasks.fix import Fix
+from models.tasks.stylize import Stylize
+
+TASKS: dict[str, Task] = {task.name: task for task in (Stylize(), Dream(), Fix())}
+
+__all__ = ["TASKS", "OptionError", "Plan", "RunContext", "Task"]

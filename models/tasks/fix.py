@@ -1,0 +1,95 @@
+"""/fix: deblur a photo with our DeblurNet at full resolution, plus a before/after crop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from models import images, weights
+from models.jobs import File, Job, Result
+from models.restore.net import DeblurNet
+from models.restore.tiling import restore_tiled
+from models.tasks.base import Plan, RunContext, Task, image_input, option_float, option_int, to_image, to_tensor
+
+COMPARE_SIDE = 384
+
+
+@dataclass
+class Item:
+    photo: torch.Tensor  # (3, H, W)
+    strength: float
+
+
+def detailed_window(image: Image.Image, side: int) -> tuple[int, int, int, int]:
+    """The square window (at most `side`) with the most edge energy: where a difference shows."""
+    side = min(side, image.width, image.height)
+    small = np.asarray(image.convert("L").reduce(4), dtype=np.float32)
+    energy = np.abs(np.diff(small, axis=0))[:, :-1] + np.abs(np.diff(small, axis=1))[:-1, :]
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    k = max(1, side // 4)
+    best, where = -1.0, (0, 0)
+    for y in range(0, max(1, integral.shape[0] - k), max(1, k // 4)):
+        for x in range(0, max(1, integral.shape[1] - k), max(1, k // 4)):
+            y2, x2 = min(y + k, integral.shape[0] - 1), min(x + k, integral.shape[1] - 1)
+            total = integral[y2, x2] - integral[y, x2] - integral[y2, x] + integral[y, x]
+            if total > best:
+                best, where = total, (y * 4, x * 4)
+    top, left = min(where[0], image.height - side), min(where[1], image.width - side)
+    return left, top, left + side, top + side
+
+
+def compare_view(before: Image.Image, after: Image.Image) -> Image.Image:
+    box = detailed_window(after, COMPARE_SIDE)
+    a, b = before.crop(box), after.crop(box)
+    canvas = Image.new("RGB", (a.width * 2 + 6, a.height + 20), "white")
+    canvas.paste(a, (0, 20))
+    canvas.paste(b, (a.width + 6, 20))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), "before", fill="black")
+    draw.text((a.width + 10, 4), "after /fix", fill="black")
+    return canvas
+
+
+class Fix(Task):
+    name = "fix"
+    weights = ("deblur",)
+
+    def plan(self, job: Job, limits: images.Limits) -> Plan:
+        option_float(job.options, "strength", 1.0, 0.0, 1.0)
+        info = images.probe(image_input(job, "photo"), limits)
+        w, h = images.fit(info.width, info.height, option_int(job.options, "max_side", 100_000, 64, 100_000))
+        return Plan(key=("fix",), cost=w * h / 1e6)
+
+    def load(self, device: torch.device, channels_last: bool) -> DeblurNet:
+        net = DeblurNet()
+        net.load_state_dict(weights.load("deblur"))
+        return net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
+
+    def prepare(self, job: Job, limits: images.Limits) -> Item:
+        photo = images.decode(job.images["photo"], limits)
+        photo = images.resize(photo, images.fit(*photo.size, option_int(job.options, "max_side", 100_000, 64, 100_000)))
+        return Item(to_tensor(photo), option_float(job.options, "strength", 1.0, 0.0, 1.0))
+
+    def run(self, net: DeblurNet, items: list[Item], ctx: RunContext) -> list[torch.Tensor]:
+        tile = 512 if ctx.device.type == "cuda" else 256
+        batch = 16 if ctx.device.type == "cuda" else 4
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return net(ctx.tensor(x))  # full precision: the residual is finer than bf16 can hold
+
+        return restore_tiled(forward, [i.photo for i in items], tile=max(64, tile >> ctx.shrink), overlap=32,
+                             batch=max(1, batch >> ctx.shrink), progress=ctx.progress)
+
+    def finish(self, job: Job, item: Item, output: torch.Tensor) -> Result:
+        restored = item.photo + item.strength * (output - item.photo)
+        before, after = to_image(item.photo), to_image(restored)
+        data, ext = images.encode(after, job.format, job.max_bytes)
+        compare, cext = images.encode(compare_view(before, after), "png", job.max_bytes)
+        info = {"width": after.width, "height": after.height, "strength": item.strength}
+        return Result((File(f"fixed.{ext}", data), File(f"before-after.{cext}", compare)), info)
+
+    def warmup_jobs(self) -> list[Job]:
+        return [Job("fix", {}, {"photo": images.encode(Image.new("RGB", (64, 64), (90, 90, 90)), "png")[0]})]
