@@ -3,14 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
+from pathlib import Path
 
 from models.cli import add_model_commands, run_command
+
+NO_TOKEN = ("Set DISCORD_TOKEN to your bot's token (Discord Developer Portal -> your application -> Bot -> "
+            "Reset Token), in the environment or in a .env file where you run easel.")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import discord
+
+    from bot.app import run
+    from bot.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(env_file=args.env_file)
+    except SettingsError as error:
+        raise SystemExit(f"easel: {error}") from None
+    if not settings.token:
+        raise SystemExit(f"easel: {NO_TOKEN}")
+    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO), root=True)
+    try:
+        asyncio.run(run(settings))
+    except discord.LoginFailure:
+        raise SystemExit("easel: Discord rejected DISCORD_TOKEN; copy it again from the Developer Portal (Bot -> Reset Token).") from None
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from bot.sandbox.demo import main
+
+    main(args.out, args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="easel", description="Easel: deep-learning art tools in a Discord server.")
-    add_model_commands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the bot (settings from the environment and .env)")
+    p.add_argument("--env-file", type=Path, default=Path(".env"), help="read settings from this file too (default .env)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="run the real bot against a local Discord emulator and save its replies")
+    p.add_argument("--out", type=Path, default=Path("easel-demo"), help="folder for the replies (default ./easel-demo)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=cmd_demo)
+    add_model_commands(sub)
     return run_command(parser.parse_args(argv))
 
 

@@ -14,6 +14,14 @@ from models.errors import UserError
 from models.style.layers import ReflectConv, conditional_instance_norm, pad_to_multiple, upsample2x
 
 NUM_PRESETS = 26
+# The network came without names; these describe what each preset does to a portrait photo.
+PRESET_NAMES = (
+    "Pastel wash", "Bold outlines", "Ink and sepia", "Electric abstract", "Warm fresco", "Sunset impasto",
+    "Cobalt cells", "Fauvist blue and gold", "Pastel sketch", "Folk pattern", "Terracotta", "Golden etching",
+    "Soft lavender", "Cubist green", "Frosted blue", "Stained glass", "Blue brushwork", "Red and blue bricks",
+    "Sepia woodcut", "Starry swirls", "Crimson expression", "Pop pastel", "Muted gouache", "Faded photograph",
+    "Blue and cream mosaic", "Dark mosaic",
+)
 
 
 class PresetNorm(nn.Module):

@@ -1,0 +1,116 @@
+"""EaselBot: loads the command cogs, starts the inference pool, syncs commands, shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import aiohttp
+import discord
+import yarl
+from discord.ext import commands
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from bot import health
+from bot.commands.dream import DreamButton
+from bot.metrics import Metrics
+from bot.replies import send_error
+from bot.runner import Runner
+from bot.settings import Settings
+from models.images import Limits
+from models.pool import InferencePool, PoolConfig
+
+log = logging.getLogger("easel")
+
+EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", "bot.commands.info")
+
+
+def pool_config(settings: Settings) -> PoolConfig:
+    return PoolConfig(
+        device=settings.device, max_batch=settings.max_batch, batch_wait_s=settings.batch_wait_ms / 1000,
+        max_queue=settings.max_queue, preload=settings.preload,
+        limits=Limits(max_bytes=settings.download_limit, max_pixels=settings.max_pixels),
+    )
+
+
+class EaselBot(commands.Bot):
+    def __init__(self, settings: Settings, pool: InferencePool | None = None) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # slash commands need no privileged intents
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        self.settings = settings
+        self.pool = pool or InferencePool(pool_config(settings))
+        self.metrics = Metrics()
+        self.runner: Runner
+        self.session: aiohttp.ClientSession | None = None
+        self.health: health.HealthServer | None = None
+
+    async def login(self, token: str) -> None:
+        """Point discord.py at the configured API (Discord, a compatible server, or the emulator)."""
+        Route.BASE = self.settings.api_base.rstrip("/")
+        await super().login(token)
+
+    async def setup_hook(self) -> None:
+        # A custom API base has its own gateway: ask it, as AutoShardedClient would.
+        _, url, _ = await self.http.get_bot_gateway()
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        self.session = aiohttp.ClientSession()
+        self.runner = Runner(self.pool, self.settings, self.session, self.metrics)
+        self.metrics.watch(self.pool.status)
+        if self.settings.http_port is not None:
+            self.health = health.HealthServer(self, self.settings.http_host, self.settings.http_port)
+            await self.health.start()
+        await self.pool.start()  # models load and warm up before we take any interaction
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(DreamButton)
+        self.tree.on_error = self.on_app_command_error
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        if self.settings.guild_id is not None:
+            guild = discord.Object(id=self.settings.guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        log.info("synced %d commands %s", len(synced), f"to guild {self.settings.guild_id}" if self.settings.guild_id else "globally")
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (id %s)", self.user, self.user.id if self.user else "?")
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError) -> None:
+        """Errors outside our runner (a bad option value Discord let through, a bug): one sentence, logged."""
+        if isinstance(error, discord.app_commands.TransformerError | discord.app_commands.CheckFailure):
+            await send_error(interaction, "I couldn't understand one of the options; please check them and try again.")
+            return
+        log.error("command %s failed", interaction.command.name if interaction.command else "?", exc_info=error)
+        await send_error(interaction, "Sorry, something went wrong on my side.")
+
+    async def close(self) -> None:
+        """Stop taking work, let jobs in flight finish (or cancel them at the deadline), then disconnect."""
+        await self.pool.close(self.settings.shutdown_grace_s)
+        await super().close()
+        if self.health is not None:
+            await self.health.stop()
+        if self.session is not None:
+            await self.session.close()
+
+
+async def run(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down within the grace period."""
+    bot = EaselBot(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = asyncio.create_task(bot.start(settings.token))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        log.info("shutting down: finishing jobs in flight (up to %.0f s)", settings.shutdown_grace_s)
+    await bot.close()
+    stopping.cancel()
+    await running  # re-raises a login failure or a fatal gateway error

@@ -1,0 +1,47 @@
+"""/help and /status: what the bot does and how it is doing (both only shown to the asker)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+if TYPE_CHECKING:
+    from bot.app import EaselBot
+
+
+class Info(commands.Cog):
+    def __init__(self, bot: EaselBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="help", description="What Easel can do, and its limits")
+    async def help(self, interaction: discord.Interaction) -> None:
+        s = self.bot.settings
+        text = (
+            "**Easel** — deep-learning art tools\n"
+            "• `/stylize content:<photo> style:<picture>` paints your photo in the style of the picture; "
+            "or pick `preset:` from 26 built-in styles (blends like `3:0.5,12:0.5` work). "
+            "`strength` 0-1, `size` up to 2048 px, `preserve_colors` keeps the photo's colours.\n"
+            "• `/dream [count] [seed] [truncation]` dreams up faces; the same seed gives the same faces. "
+            "Buttons: new faces, variations, and a morph animation.\n"
+            "• `/fix photo:<photo> [strength]` sharpens a blurry photo at full size.\n"
+            f"Limits: images up to {s.download_limit_mb:.0f} MB and {s.max_pixels / 1e6:.0f} megapixels; "
+            f"results up to {s.upload_limit_mb:.0f} MB; {s.max_jobs_per_user} requests at a time per person, "
+            f"{s.cooldown_s:g} s between requests."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="status", description="Queue length, devices and models")
+    async def status(self, interaction: discord.Interaction) -> None:
+        st = self.bot.pool.status()
+        devices = ", ".join(f"{d['name']} ({d['device']}, {'busy' if d['busy'] else 'idle'}; models: {', '.join(d['models']) or 'none yet'})"
+                            for d in st["devices"])
+        text = (f"**Queue:** {st['queued']} waiting, {st['running']} running (room for {st['max_queue']})\n"
+                f"**Devices:** {devices}\n**Latency:** gateway {self.bot.latency * 1000:.0f} ms")
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(Info(bot))

@@ -1,0 +1,137 @@
+"""One command, from interaction to reply: limits, defer, download, pool, result, and the log line.
+
+    interaction -> Request (validated options + attachments) -> Job -> pool -> Result -> reply
+
+Everything a person can cause ends as one ephemeral sentence; anything else is logged with a
+short reference id that the person is given, and the bot carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import discord
+
+from bot import replies
+from bot.attachments import DownloadError, download
+from bot.limits import Limiter
+from bot.metrics import Metrics
+from bot.settings import Settings
+from models.errors import BusyError, JobTimeout, ResourceError, UserError
+from models.images import ImageError
+from models.jobs import Job, Result
+from models.pool import InferencePool
+
+log = logging.getLogger("easel.commands")
+
+TOKEN_LIFETIME_S = 15 * 60
+TOKEN_MARGIN_S = 20  # leave time to upload the result before the interaction token expires
+
+
+@dataclass
+class Request:
+    """A validated command: what to run and how to present it."""
+
+    command: str
+    task: str
+    options: Mapping[str, Any]
+    uploads: Mapping[str, discord.Attachment] = field(default_factory=dict)
+    describe: Callable[[Result], str] = lambda result: ""
+    view: Callable[[Result], discord.ui.View | None] = lambda result: None
+
+
+def token_seconds_left(interaction: discord.Interaction) -> float:
+    age = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+    return TOKEN_LIFETIME_S - age - TOKEN_MARGIN_S
+
+
+class Runner:
+    def __init__(self, pool: InferencePool, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self.pool, self.settings, self.session, self.metrics = pool, settings, session, metrics
+        self.limiter = Limiter(settings.cooldown_s, settings.max_jobs_per_user, settings.max_jobs_per_guild)
+
+    def _precheck(self, request: Request) -> None:
+        """Checks that need no download, so a wrong file is refused before we even defer."""
+        for attachment in request.uploads.values():
+            if attachment.content_type and not attachment.content_type.startswith("image/"):
+                raise DownloadError(f"{attachment.filename} is not an image.")
+            if attachment.size > self.settings.download_limit:
+                raise DownloadError(f"{attachment.filename} is {attachment.size / 2**20:.1f} MB; "
+                                    f"the limit is {self.settings.download_limit_mb:.0f} MB.")
+
+    async def handle(self, interaction: discord.Interaction, request: Request) -> None:
+        started = time.monotonic()
+        user, guild = interaction.user.id, interaction.guild_id
+        outcome, info = "ok", {}
+        try:
+            slot = self.limiter.acquire(user, guild)
+        except UserError as error:
+            self._record(request, user, guild, "limited", started, {})
+            await replies.send_error(interaction, str(error))
+            return
+        try:
+            self._precheck(request)
+            await interaction.response.defer(thinking=True)
+            result = await self._run(interaction, request)
+            info = dict(result.info)
+            await replies.send_result(interaction, result, request.describe(result), request.view(result))
+        except (UserError, BusyError, JobTimeout) as error:
+            outcome = _kind(error)
+            await replies.send_error(interaction, str(error))
+        except Exception:
+            outcome = "error"
+            reference = uuid.uuid4().hex[:8]
+            log.exception("%s failed for user %s in guild %s (reference %s)", request.command, user, guild, reference)
+            await replies.send_error(interaction, f"Sorry, something went wrong on my side (reference {reference}).")
+        finally:
+            slot.release()
+            self._record(request, user, guild, outcome, started, info)
+
+    async def _run(self, interaction: discord.Interaction, request: Request) -> Result:
+        seconds_left = token_seconds_left(interaction)
+        if seconds_left <= 0:
+            raise BusyError("Discord gives me 15 minutes to answer and this request arrived too late to finish in time; "
+                            "please run it again.")
+        images = {}
+        for name, attachment in request.uploads.items():
+            images[name] = await download(attachment.url, session=self.session, allowed_hosts=self.settings.attachment_hosts,
+                                          max_bytes=self.settings.download_limit, timeout_s=self.settings.download_timeout_s)
+            self.metrics.download_bytes.observe(len(images[name]))
+        max_bytes = min(self.settings.upload_limit, interaction.filesize_limit or self.settings.upload_limit)
+        job = Job(request.task, dict(request.options), images, max_bytes=max_bytes)
+        progress = replies.ProgressReporter(interaction, request.task)
+        try:
+            return await self.pool.submit(job, on_progress=progress.update, timeout=token_seconds_left(interaction))
+        finally:
+            await progress.stop()
+
+    def _record(self, request: Request, user: int, guild: int | None, outcome: str, started: float, info: dict) -> None:
+        """One log line and the metrics for a finished command (never the token, never attachment URLs)."""
+        seconds = time.monotonic() - started
+        self.metrics.commands.labels(request.command, outcome).inc()
+        if outcome not in ("ok", "limited"):
+            self.metrics.errors.labels(outcome).inc()
+        if "run_s" in info:
+            self.metrics.model_seconds.labels(request.task).observe(info["run_s"])
+            self.metrics.batch_size.labels(request.task).observe(info.get("batch", 1))
+        log.info("command=%s user=%s guild=%s options=%s outcome=%s queue_s=%s model_s=%s total_s=%.2f",
+                 request.command, user, guild, dict(request.options), outcome, info.get("queue_s", "-"),
+                 info.get("run_s", "-"), seconds)
+
+
+def _kind(error: Exception) -> str:
+    if isinstance(error, (DownloadError, ImageError)):
+        return "bad_upload"
+    if isinstance(error, ResourceError):
+        return "out_of_memory"
+    if isinstance(error, BusyError):
+        return "busy"
+    if isinstance(error, JobTimeout):
+        return "timeout"
+    return "bad_input"

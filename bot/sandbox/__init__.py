@@ -1,0 +1,1 @@
+"""The local sandbox: a loopback Discord emulator and `easel demo`."""

@@ -1,0 +1,533 @@
+"""A loopback Discord: the REST API, the gateway and the attachment CDN on 127.0.0.1.
+
+It speaks Discord's documented payloads (API v10) closely enough for the real discord.py client:
+login, gateway HELLO/IDENTIFY/READY/GUILD_CREATE, heartbeats, RESUME after a dropped
+connection, command sync, INTERACTION_CREATE for slash commands (attachments resolved and served
+from the CDN), autocomplete and button clicks, and the interaction callback and webhook
+endpoints a bot answers through (multipart uploads included). Everything the bot sends is
+recorded per interaction, with timestamps, for tests and for `easel demo`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from PIL import Image
+
+DISCORD_EPOCH_MS = 1420070400000
+EPHEMERAL, LOADING = 1 << 6, 1 << 7
+ATTACHMENT_OPTION = 11
+_counter = itertools.count()
+
+
+def snowflake(age_s: float = 0.0) -> int:
+    """A Discord id: milliseconds since Discord's epoch in the top bits, so created_at is now (minus age_s)."""
+    return ((int((time.time() - age_s) * 1000) - DISCORD_EPOCH_MS) << 22) | (next(_counter) % (1 << 22))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    """discord.py parses a body as JSON only when Content-Type is exactly application/json."""
+    return web.Response(body=json.dumps(payload).encode(), status=status, headers={"Content-Type": "application/json"})
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file a test person attaches to a command; declared_size lets a test lie like a bad client."""
+
+    filename: str
+    data: bytes
+    content_type: str | None = "image/png"
+    declared_size: int | None = None
+
+
+@dataclass
+class Record:
+    """Everything the bot did with one interaction."""
+
+    id: int
+    token: str
+    payload: dict[str, Any]
+    sent_at: float = field(default_factory=time.monotonic)
+    acknowledged_at: float | None = None
+    callback_type: int | None = None
+    choices: list[dict[str, Any]] | None = None  # autocomplete answers
+    original: dict[str, Any] | None = None
+    original_files: dict[str, bytes] = field(default_factory=dict)
+    edits: list[tuple[float, str]] = field(default_factory=list)  # (time, content) of each edit
+    followups: list[dict[str, Any]] = field(default_factory=list)
+    followup_files: list[dict[str, bytes]] = field(default_factory=list)
+    deleted: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ephemeral_messages(self) -> list[str]:
+        texts = [m["content"] for m in self.followups if m["flags"] & EPHEMERAL]
+        if self.original and self.original["flags"] & EPHEMERAL and not self.original["flags"] & LOADING:
+            texts.insert(0, self.original["content"])
+        return texts
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return {} if self.deleted else self.original_files
+
+    @property
+    def content(self) -> str:
+        return "" if self.deleted or not self.original else self.original["content"]
+
+    @property
+    def components(self) -> list[dict[str, Any]]:
+        return [] if self.deleted or not self.original else self.original.get("components", [])
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [c["custom_id"] for row in self.components for c in row.get("components", []) if "custom_id" in c]
+
+    def answered(self) -> bool:
+        """The person has their final answer: files, an ephemeral sentence, or autocomplete choices."""
+        return bool(self.files) or bool(self.ephemeral_messages) or self.choices is not None or (
+            self.original is not None and not self.original["flags"] & LOADING and not self.deleted
+            and self.callback_type == 4)
+
+    async def wait(self, predicate: Callable[[Record], bool] = answered, timeout: float = 60.0) -> Record:
+        end = time.monotonic() + timeout
+        while not predicate(self):
+            self.changed.clear()
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"interaction {self.id} not answered in {timeout:.0f} s: {self.summary()}")
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self
+
+    def summary(self) -> str:
+        return (f"callback={self.callback_type} content={self.content!r} files={list(self.files)} "
+                f"ephemeral={self.ephemeral_messages} deleted={self.deleted}")
+
+
+class DiscordEmulator:
+    def __init__(self, *, heartbeat_interval_ms: int = 41250, attachment_size_limit: int = 10 * 2**20) -> None:
+        self.token = "emulated." + secrets.token_urlsafe(24)
+        self.application_id = snowflake()
+        self.guild_id = snowflake()
+        self.channel_id = snowflake()
+        self.bot_user = {"id": str(self.application_id), "username": "Easel", "discriminator": "0", "global_name": None,
+                         "avatar": None, "bot": True, "flags": 0, "public_flags": 0, "verified": True, "mfa_enabled": False}
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.attachment_size_limit = attachment_size_limit
+        self.commands: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, Record] = {}  # by interaction token
+        self.cdn: dict[str, Upload] = {}
+        self.cdn_delay_s = 0.0
+        self.session_id: str | None = None
+        self.sequence = 0
+        self.events: list[dict[str, Any]] = []  # dispatches of this session, for RESUME replay
+        self.sockets: list[web.WebSocketResponse] = []
+        self.identified = asyncio.Event()
+        self.resumes = 0
+        self.heartbeats = 0
+        self._send_lock = asyncio.Lock()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application(client_max_size=64 * 2**20)
+        api = "/api/v10"
+        routes = [
+            ("GET", f"{api}/users/@me", self.get_me),
+            ("GET", f"{api}/oauth2/applications/@me", self.get_application),
+            ("GET", f"{api}/gateway/bot", self.get_gateway_bot),
+            ("GET", f"{api}/gateway", self.get_gateway),
+            ("PUT", f"{api}/applications/{{app}}/commands", self.put_commands),
+            ("PUT", f"{api}/applications/{{app}}/guilds/{{guild}}/commands", self.put_commands),
+            ("POST", f"{api}/interactions/{{iid}}/{{token}}/callback", self.post_callback),
+            ("GET", f"{api}/webhooks/{{app}}/{{token}}/messages/@original", self.get_original),
+            ("PATCH", f"{api}/webhooks/{{app}}/{{token}}/messages/@original", self.patch_original),
+            ("DELETE", f"{api}/webhooks/{{app}}/{{token}}/messages/@original", self.delete_original),
+            ("POST", f"{api}/webhooks/{{app}}/{{token}}", self.post_followup),
+            ("GET", "/gateway", self.gateway),
+            ("GET", "/attachments/{channel}/{attachment}/{filename}", self.get_attachment),
+        ]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def cdn_host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # -- REST: identity, gateway, commands ----------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bot {self.token}"
+
+    async def get_me(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return json_response({"message": "401: Unauthorized", "code": 0}, 401)
+        return json_response(self.bot_user)
+
+    async def get_application(self, request: web.Request) -> web.Response:
+        owner = {"id": str(snowflake()), "username": "owner", "discriminator": "0", "global_name": "Owner", "avatar": None}
+        return json_response({
+            "id": str(self.application_id), "name": "Easel", "icon": None, "description": "", "summary": "",
+            "bot_public": True, "bot_require_code_grant": False, "owner": owner, "verify_key": secrets.token_hex(32),
+            "flags": 0, "team": None, "bot": self.bot_user, "interactions_endpoint_url": None, "tags": [],
+            "redirect_uris": [], "approximate_guild_count": 1,
+        })
+
+    async def get_gateway_bot(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return json_response({"message": "401: Unauthorized", "code": 0}, 401)
+        return json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+            "total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1}})
+
+    async def get_gateway(self, request: web.Request) -> web.Response:
+        return json_response({"url": self.gateway_url})
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    async def put_commands(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return json_response({"message": "401: Unauthorized", "code": 0}, 401)
+        body = await request.json()
+        stored = []
+        for command in body:
+            command = {**command, "id": str(snowflake()), "application_id": str(self.application_id),
+                       "version": str(snowflake()), "type": command.get("type", 1)}
+            if "guild" in request.match_info:
+                command["guild_id"] = request.match_info["guild"]
+            self.commands[command["name"]] = command
+            stored.append(command)
+        return json_response(stored)
+
+    # -- REST: answering interactions -------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """JSON, or multipart with payload_json and files[n] as discord.py sends uploads."""
+        if not request.content_type.startswith("multipart/"):
+            return (await request.json() if request.can_read_body else {}), {}
+        form = await request.post()
+        payload = json.loads(str(form["payload_json"]))
+        files = {field.filename: field.file.read() for key, field in form.items()
+                 if key.startswith("files[") and isinstance(field, web.FileField)}
+        return payload, files
+
+    def _attachment(self, filename: str, data: bytes) -> dict[str, Any]:
+        attachment_id = snowflake()
+        url = f"http://{self.cdn_host}/attachments/{self.channel_id}/{attachment_id}/{filename}"
+        self.cdn[str(attachment_id)] = Upload(filename, data, _content_type(filename))
+        meta: dict[str, Any] = {"id": str(attachment_id), "filename": filename, "size": len(data), "url": url,
+                                "proxy_url": url, "content_type": _content_type(filename)}
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                meta.update(width=image.width, height=image.height)
+        except Exception:  # not an image the emulator can size: Discord omits width/height too
+            pass
+        return meta
+
+    def _message(self, record: Record, data: Mapping[str, Any], flags: int, attachments: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": str(snowflake()), "type": 20 if record.payload["type"] == 2 else 0, "channel_id": str(self.channel_id),
+            "guild_id": str(self.guild_id), "author": self.bot_user, "content": data.get("content") or "",
+            "timestamp": now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False, "mentions": [],
+            "mention_roles": [], "attachments": attachments, "embeds": data.get("embeds") or [], "pinned": False,
+            "flags": flags, "components": data.get("components") or [], "webhook_id": str(self.application_id),
+            "application_id": str(self.application_id),
+            "interaction_metadata": {"id": str(record.id), "type": record.payload["type"], "user": _user_of(record.payload),
+                                     "authorizing_integration_owners": {"0": str(self.guild_id)}},
+        }
+
+    def _record(self, token: str) -> Record | None:
+        return self.records.get(token)
+
+    async def post_callback(self, request: web.Request) -> web.Response:
+        record = self._record(request.match_info["token"])
+        if record is None or str(record.id) != request.match_info["iid"]:
+            return json_response({"message": "Unknown interaction", "code": 10062}, 404)
+        if record.callback_type is not None:
+            return json_response({"message": "Interaction has already been acknowledged.", "code": 40060}, 400)
+        if time.monotonic() - record.sent_at > 3.0:
+            return json_response({"message": "Unknown interaction", "code": 10062}, 404)  # Discord's 3 s rule
+        body, files = await self._body(request)
+        kind, data = body["type"], body.get("data") or {}
+        record.acknowledged_at, record.callback_type = time.monotonic(), kind
+        resource: dict[str, Any] = {"type": kind}
+        if kind == 8:  # autocomplete result
+            record.choices = data.get("choices", [])
+        elif kind in (4, 5):
+            flags = (data.get("flags") or 0) | (LOADING if kind == 5 else 0)
+            attachments = [self._attachment(name, blob) for name, blob in files.items()]
+            record.original = self._message(record, data, flags, attachments)
+            record.original_files = dict(files)
+            resource["message"] = record.original
+        record.changed.set()
+        response = {"interaction": {"id": str(record.id), "type": record.payload["type"],
+                                    "response_message_id": record.original["id"] if record.original else None,
+                                    "response_message_loading": kind == 5,
+                                    "response_message_ephemeral": bool(record.original and record.original["flags"] & EPHEMERAL)},
+                    "resource": resource}
+        return json_response(response)
+
+    async def get_original(self, request: web.Request) -> web.Response:
+        record = self._record(request.match_info["token"])
+        if record is None or record.original is None or record.deleted:
+            return json_response({"message": "Unknown Message", "code": 10008}, 404)
+        return json_response(record.original)
+
+    async def patch_original(self, request: web.Request) -> web.Response:
+        record = self._record(request.match_info["token"])
+        if record is None or record.original is None or record.deleted:
+            return json_response({"message": "Unknown Message", "code": 10008}, 404)
+        body, files = await self._body(request)
+        message = dict(record.original)
+        message["flags"] = message["flags"] & ~LOADING
+        for key in ("content", "components", "embeds"):
+            if key in body:
+                message[key] = body[key] or ([] if key != "content" else "")
+        if "attachments" in body or files:
+            kept_ids = {str(a.get("id")) for a in body.get("attachments", [])}
+            kept = [a for a in message["attachments"] if a["id"] in kept_ids]
+            record.original_files = {a["filename"]: record.original_files[a["filename"]] for a in kept
+                                     if a["filename"] in record.original_files}
+            message["attachments"] = kept + [self._attachment(name, blob) for name, blob in files.items()]
+            record.original_files.update(files)
+        message["edited_timestamp"] = now_iso()
+        record.original = message
+        record.edits.append((time.monotonic(), message["content"]))
+        record.changed.set()
+        return json_response(message)
+
+    async def delete_original(self, request: web.Request) -> web.Response:
+        record = self._record(request.match_info["token"])
+        if record is None or record.original is None:
+            return json_response({"message": "Unknown Message", "code": 10008}, 404)
+        record.deleted = True
+        record.changed.set()
+        return web.Response(status=204)
+
+    async def post_followup(self, request: web.Request) -> web.Response:
+        record = self._record(request.match_info["token"])
+        if record is None or record.callback_type is None:
+            return json_response({"message": "Unknown Webhook", "code": 10015}, 404)
+        body, files = await self._body(request)
+        message = self._message(record, body, body.get("flags") or 0, [self._attachment(n, b) for n, b in files.items()])
+        record.followups.append(message)
+        record.followup_files.append(files)
+        record.changed.set()
+        return json_response(message)
+
+    async def get_attachment(self, request: web.Request) -> web.StreamResponse:
+        upload = self.cdn.get(request.match_info["attachment"])
+        if upload is None:
+            return web.Response(status=404)
+        if self.cdn_delay_s:
+            await asyncio.sleep(self.cdn_delay_s)
+        return web.Response(body=upload.data, headers={"Content-Type": upload.content_type or "application/octet-stream"})
+
+    # -- gateway ---------------------------------------------------------------------------------
+
+    async def gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=16 * 2**20)
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        try:
+            await self._send(ws, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                await self._on_gateway_message(ws, json.loads(message.data))
+        finally:
+            self.sockets.remove(ws)
+        return ws
+
+    async def _send(self, ws: web.WebSocketResponse, payload: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if not ws.closed:
+                await ws.send_str(json.dumps(payload))
+
+    async def _on_gateway_message(self, ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+        op, data = message.get("op"), message.get("d")
+        if op == 1:
+            self.heartbeats += 1
+            await self._send(ws, {"op": 11})
+        elif op == 2:
+            if data.get("token") != self.token:
+                await ws.close(code=4004, message=b"Authentication failed.")
+                return
+            self.session_id, self.sequence, self.events = secrets.token_hex(16), 0, []
+            await self._dispatch("READY", {
+                "v": 10, "user": self.bot_user, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                "session_id": self.session_id, "resume_gateway_url": self.gateway_url, "shard": [0, 1],
+                "application": {"id": str(self.application_id), "flags": 0}, "private_channels": [], "relationships": [],
+                "presences": [], "user_settings": {}, "guild_join_requests": [], "geo_ordered_rtc_regions": [],
+            })
+            await self._dispatch("GUILD_CREATE", self._guild())
+            self.identified.set()
+        elif op == 6:
+            if data.get("token") != self.token or data.get("session_id") != self.session_id:
+                await self._send(ws, {"op": 9, "d": False})
+                return
+            self.resumes += 1
+            for event in self.events:
+                if event["s"] > (data.get("seq") or 0):
+                    await self._send(ws, event)
+            await self._dispatch("RESUMED", {})
+
+    async def _dispatch(self, name: str, data: dict[str, Any]) -> None:
+        """Send an event to the live connection; it is also kept so a RESUME can replay it."""
+        self.sequence += 1
+        event = {"op": 0, "t": name, "s": self.sequence, "d": data}
+        self.events.append(event)
+        for ws in list(self.sockets):
+            await self._send(ws, event)
+
+    async def drop_gateway(self, code: int = 4000) -> None:
+        """Close the bot's gateway connection as Discord does on a hiccup; 4000 is resumable."""
+        for ws in list(self.sockets):
+            await ws.close(code=code, message=b"Unknown error")
+
+    def _guild(self) -> dict[str, Any]:
+        everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": "2248473465835073", "position": 0,
+                    "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+        me = {"user": self.bot_user, "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False, "flags": 0}
+        return {
+            "id": str(self.guild_id), "name": "Easel sandbox", "icon": None, "splash": None, "discovery_splash": None,
+            "owner_id": str(snowflake()), "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
+            "default_message_notifications": 0, "explicit_content_filter": 0, "roles": [everyone], "emojis": [],
+            "features": [], "mfa_level": 0, "application_id": None, "system_channel_id": None, "system_channel_flags": 0,
+            "rules_channel_id": None, "joined_at": now_iso(), "large": False, "unavailable": False, "member_count": 2,
+            "voice_states": [], "members": [me], "channels": [self._channel()], "threads": [], "presences": [],
+            "max_members": 500000, "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,
+            "premium_subscription_count": 0, "preferred_locale": "en-US", "public_updates_channel_id": None,
+            "nsfw_level": 0, "stage_instances": [], "stickers": [], "guild_scheduled_events": [],
+            "premium_progress_bar_enabled": False, "soundboard_sounds": [],
+        }
+
+    def _channel(self) -> dict[str, Any]:
+        return {"id": str(self.channel_id), "type": 0, "guild_id": str(self.guild_id), "name": "art", "position": 0,
+                "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None, "last_message_id": None,
+                "rate_limit_per_user": 0, "flags": 0}
+
+    # -- driving the bot, as people in the server would ------------------------------------------
+
+    def person(self, user_id: int, name: str = "person") -> dict[str, Any]:
+        return {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name.title(), "avatar": None}
+
+    def _interaction(self, kind: int, data: dict[str, Any], user_id: int, message: dict[str, Any] | None,
+                     size_limit: int | None, age_s: float = 0.0) -> Record:
+        interaction_id, token = snowflake(age_s), "interaction." + secrets.token_urlsafe(32)
+        payload: dict[str, Any] = {
+            "id": str(interaction_id), "application_id": str(self.application_id), "type": kind, "data": data,
+            "guild_id": str(self.guild_id), "channel_id": str(self.channel_id), "channel": self._channel(),
+            "member": {"user": self.person(user_id), "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False,
+                       "flags": 0, "pending": False, "nick": None, "avatar": None, "permissions": "2248473465835073"},
+            "token": token, "version": 1, "app_permissions": "2248473465835073", "locale": "en-US",
+            "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "context": 0, "attachment_size_limit": size_limit or self.attachment_size_limit,
+        }
+        if message is not None:
+            payload["message"] = message
+        record = Record(interaction_id, token, payload)
+        self.records[token] = record
+        return record
+
+    def _options(self, name: str, values: Mapping[str, Any], focused: str | None = None) -> tuple[list[dict], dict]:
+        """Options as Discord sends them, typed from the synced command; uploads become resolved attachments."""
+        declared = {o["name"]: o["type"] for o in self.commands[name].get("options", [])}
+        options, resolved = [], {}
+        for key, value in values.items():
+            if key not in declared:
+                raise KeyError(f"/{name} has no option {key!r}")
+            option: dict[str, Any] = {"name": key, "type": declared[key]}
+            if declared[key] == ATTACHMENT_OPTION:
+                meta = self._attachment(value.filename, value.data)
+                meta["content_type"] = value.content_type
+                if value.declared_size is not None:
+                    meta["size"] = value.declared_size
+                self.cdn[meta["id"]] = value
+                resolved[meta["id"]] = meta
+                option["value"] = meta["id"]
+            else:
+                option["value"] = value
+            if key == focused:
+                option["focused"] = True
+            options.append(option)
+        return options, ({"attachments": resolved} if resolved else {})
+
+    async def invoke(self, name: str, options: Mapping[str, Any] | None = None, *, user_id: int = 1001,
+                     attachment_size_limit: int | None = None, age_s: float = 0.0) -> Record:
+        """A person runs /name with these options; returns the record of what the bot does.
+
+        age_s makes the interaction look that much older (its id encodes when it was created), as
+        when Discord delivers an event late; the 3-second acknowledgement window still counts from now.
+        """
+        await self.identified.wait()
+        command = self.commands[name]
+        opts, resolved = self._options(name, options or {})
+        data = {"id": command["id"], "name": name, "type": 1, "options": opts, "guild_id": str(self.guild_id)}
+        if resolved:
+            data["resolved"] = resolved
+        record = self._interaction(2, data, user_id, None, attachment_size_limit, age_s)
+        await self._dispatch("INTERACTION_CREATE", record.payload)
+        return record
+
+    async def autocomplete(self, name: str, options: Mapping[str, Any], focused: str, *, user_id: int = 1001) -> list[dict[str, Any]]:
+        command = self.commands[name]
+        opts, _ = self._options(name, options, focused)
+        data = {"id": command["id"], "name": name, "type": 1, "options": opts, "guild_id": str(self.guild_id)}
+        record = self._interaction(4, data, user_id, None, None)
+        await self._dispatch("INTERACTION_CREATE", record.payload)
+        await record.wait(lambda r: r.choices is not None, timeout=10)
+        return record.choices or []
+
+    async def click(self, on: Record, custom_id: str, *, user_id: int = 1001) -> Record:
+        """A person presses a button on the message a previous interaction produced."""
+        if on.original is None or custom_id not in on.custom_ids:
+            raise KeyError(f"no button {custom_id!r} on that message")
+        data = {"custom_id": custom_id, "component_type": 2}
+        record = self._interaction(3, data, user_id, on.original, None)
+        await self._dispatch("INTERACTION_CREATE", record.payload)
+        return record
+
+
+def _user_of(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return payload.get("member", {}).get("user") or payload.get("user") or {}
+
+
+def _content_type(filename: str) -> str:
+    suffix = filename.rsplit(".", 1)[-1].lower()
+    return {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp",
+            "txt": "text/plain"}.get(suffix, "application/octet-stream")

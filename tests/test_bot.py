@@ -1,0 +1,301 @@
+"""The real bot (discord.py, the pool, real weights) against the loopback Discord emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import statistics
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from PIL import Image, ImageFilter
+
+from bot.sandbox.demo import start_bot
+from bot.sandbox.emulator import DiscordEmulator, Record, Upload
+from bot.settings import Settings
+from conftest import png_bytes
+from models import samples
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MB = 2**20
+
+
+def sandbox_settings(emulator: DiscordEmulator, **overrides) -> Settings:
+    values = dict(token=emulator.token, api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,), device="cpu",
+                  cooldown_s=0, max_jobs_per_user=4, max_jobs_per_guild=64, max_queue=64, download_limit_mb=5)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def discord_sandbox(real_weights):
+    emulator = DiscordEmulator(heartbeat_interval_ms=500)
+    await emulator.start()
+    bot, running = await start_bot(emulator, sandbox_settings(emulator))
+    yield emulator, bot
+    await bot.close()
+    await running
+    await emulator.stop()
+
+
+def image_of(record: Record, name: str) -> Image.Image:
+    return Image.open(io.BytesIO(record.files[name]))
+
+
+def photo(name: str, size: int | None = None) -> bytes:
+    image = Image.open(io.BytesIO(samples.photo(name))).convert("RGB")
+    if size:
+        image.thumbnail((size, size))
+    return png_bytes(image)
+
+
+def only_one_sentence(record: Record) -> str:
+    """The person got exactly one ephemeral sentence and no public leftovers or traceback."""
+    assert record.ephemeral_messages, record.summary()
+    (text,) = record.ephemeral_messages
+    assert text.endswith((".", "!")) and "Traceback" not in text and "\n" not in text
+    assert not record.files
+    return text
+
+
+async def test_commands_are_declared_so_discords_ui_validates_them(discord_sandbox):
+    emulator, _ = discord_sandbox
+    assert set(emulator.commands) == {"stylize", "dream", "fix", "help", "status"}
+    options = {c: {o["name"]: o for o in emulator.commands[c].get("options", [])} for c in emulator.commands}
+    assert options["stylize"]["content"]["type"] == 11 and options["stylize"]["content"]["required"]
+    assert options["stylize"]["style"]["type"] == 11 and not options["stylize"]["style"].get("required")
+    assert options["stylize"]["preset"]["autocomplete"] is True
+    assert (options["stylize"]["strength"]["min_value"], options["stylize"]["strength"]["max_value"]) == (0.0, 1.0)
+    assert (options["stylize"]["size"]["min_value"], options["stylize"]["size"]["max_value"]) == (128, 2048)
+    assert (options["dream"]["count"]["min_value"], options["dream"]["count"]["max_value"]) == (1, 16)
+    assert options["fix"]["photo"]["type"] == 11
+    for command in emulator.commands.values():
+        assert 0 < len(command["description"]) <= 100
+        assert all(0 < len(o["description"]) <= 100 for o in command.get("options", []))
+
+
+async def test_stylize_with_a_style_image(discord_sandbox):
+    emulator, _ = discord_sandbox
+    content = photo("astronaut", 384)
+    record = await emulator.invoke("stylize", {"content": Upload("astronaut.png", content),
+                                               "style": Upload("painting.png", samples.painting()), "size": 320})
+    await record.wait()
+    result = image_of(record, "stylized.png").convert("RGB")
+    assert result.size == (320, 320)
+    original = np.asarray(Image.open(io.BytesIO(content)).convert("RGB").resize((320, 320)), np.float32)
+    assert np.abs(np.asarray(result, np.float32) - original).mean() > 20  # painted, not copied
+    assert "painting.png" in record.content and "320×320" in record.content
+
+
+async def test_stylize_with_presets_and_their_autocomplete(discord_sandbox):
+    emulator, _ = discord_sandbox
+    choices = await emulator.autocomplete("stylize", {"preset": "swirl"}, "preset")
+    assert choices == [{"name": "19 · Starry swirls", "value": "19"}]
+    blend = await emulator.autocomplete("stylize", {"preset": "3:1,12:1"}, "preset")
+    assert blend[0]["value"] == "3:1,12:1"
+    record = await emulator.invoke("stylize", {"content": Upload("cat.jpg", samples.photo("cat"), "image/jpeg"),
+                                               "preset": "3:1,12:1", "preserve_colors": True})
+    await record.wait()
+    assert image_of(record, "stylized.png").size == (451, 300)
+    assert "Electric abstract (50%)" in record.content and "colours kept" in record.content
+
+
+@pytest.mark.parametrize("preset, with_style, words", [(None, False, "style image or choose a preset"),
+                                                        ("4", True, "one of the two"), ("99", False, "0 to 25")])
+async def test_stylize_option_mistakes_are_one_sentence(discord_sandbox, preset, with_style, words):
+    emulator, _ = discord_sandbox
+    cat = Upload("cat.jpg", samples.photo("cat"), "image/jpeg")
+    options = {"content": cat, **({"preset": preset} if preset else {}), **({"style": cat} if with_style else {})}
+    record = await emulator.invoke("stylize", options, user_id=2001)
+    await record.wait()
+    assert words in only_one_sentence(record)
+
+
+async def test_dream_posts_a_reproducible_grid_with_its_seed_and_buttons(discord_sandbox):
+    emulator, _ = discord_sandbox
+    first = await emulator.invoke("dream", {"count": 9, "seed": 77, "truncation": 0.7})
+    second = await emulator.invoke("dream", {"count": 9, "seed": 77, "truncation": 0.7}, user_id=1002)
+    await first.wait()
+    await second.wait()
+    assert first.files["faces.png"] == second.files["faces.png"]
+    assert image_of(first, "faces.png").size == (3 * 128 + 4 * 4, 3 * 128 + 4 * 4)  # 3x3 faces
+    assert "seed **77**" in first.content
+    assert first.custom_ids == ["easel:dream:reroll:77:9:70", "easel:dream:vary:77:9:70", "easel:dream:morph:77:9:70"]
+
+
+async def test_dream_buttons_reroll_vary_and_morph(discord_sandbox):
+    emulator, _ = discord_sandbox
+    grid = await emulator.invoke("dream", {"count": 4, "seed": 5})
+    await grid.wait()
+    reroll, vary, morph = [await emulator.click(grid, custom_id) for custom_id in grid.custom_ids]
+    for record in (reroll, vary, morph):
+        await record.wait()
+    assert "seed **5**" not in reroll.content and reroll.files["faces.png"] != grid.files["faces.png"]
+    assert "variations" in vary.content and image_of(vary, "faces.png").size == image_of(grid, "faces.png").size
+    animation = image_of(morph, "morph.gif")
+    assert animation.n_frames == 24 and "Morph from seed **5**" in morph.content
+
+
+async def test_fix_returns_a_sharper_photo_and_a_before_after_view(discord_sandbox):
+    emulator, _ = discord_sandbox
+    sharp = Image.open(io.BytesIO(samples.photo("coffee"))).convert("RGB")
+    blurry = sharp.filter(ImageFilter.GaussianBlur(1.5))
+    record = await emulator.invoke("fix", {"photo": Upload("blurry.png", png_bytes(blurry))})
+    await record.wait(timeout=180)
+    fixed = image_of(record, "fixed.png").convert("RGB")
+    assert fixed.size == blurry.size and image_of(record, "before-after.png").width > 0
+
+    def error(image: Image.Image) -> float:
+        return float(np.abs(np.asarray(image, np.float32) - np.asarray(sharp, np.float32)).mean())
+    assert error(fixed) < error(blurry)  # closer to the sharp original than what was sent
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("upload, words", [
+    (Upload("notes.txt", b"these are my notes", "text/plain"), "not an image"),
+    (Upload("notes.png", b"these are my notes, named like a picture", "image/png"), "not an image I can read"),
+    (Upload("cut.png", png_bytes(Image.new("RGB", (300, 200), (9, 90, 200)))[:400]), "truncated or damaged"),
+    (Upload("bomb.png", png_declaring(60_000, 60_000)), "decompression bomb"),
+    (Upload("empty.png", b""), "empty"),
+    (Upload("huge.png", b"\0" * 64, declared_size=50 * MB), "the limit is 5 MB"),
+    (Upload("liar.png", b"\x89PNG" + b"\0" * (6 * MB), declared_size=1000), "larger than 5 MB"),
+])
+async def test_bad_uploads_get_one_ephemeral_sentence_and_the_bot_carries_on(discord_sandbox, upload, words):
+    emulator, bot = discord_sandbox
+    record = await emulator.invoke("fix", {"photo": upload}, user_id=3001)
+    await record.wait()
+    assert words in only_one_sentence(record)
+    assert record.acknowledged_at - record.sent_at < 3
+    after = await emulator.invoke("dream", {"count": 1, "seed": 1}, user_id=3002)
+    await after.wait()
+    assert after.files and not bot.is_closed()
+
+
+async def test_a_burst_of_20_interactions_is_acknowledged_in_time_and_answered(discord_sandbox):
+    emulator, _ = discord_sandbox
+    cat, painting, coffee = photo("cat", 256), samples.painting(256), photo("coffee", 320)
+    commands = []
+    for i in range(20):
+        if i % 5 in (0, 1):
+            commands.append(("dream", {"count": 4, "seed": i}))
+        elif i % 5 in (2, 3):
+            commands.append(("stylize", {"content": Upload("cat.png", cat), "style": Upload("p.png", painting), "size": 256}))
+        else:
+            commands.append(("fix", {"photo": Upload("coffee.png", coffee)}))
+    started = time.monotonic()
+    records = await asyncio.gather(*(emulator.invoke(name, options, user_id=5000 + i) for i, (name, options) in enumerate(commands)))
+    await asyncio.gather(*(r.wait(timeout=600) for r in records))
+    acks = [r.acknowledged_at - r.sent_at for r in records]
+    assert max(acks) < 3.0
+    assert all(r.files and not r.ephemeral_messages for r in records), [r.summary() for r in records if not r.files]
+    totals: dict[str, list[float]] = {}
+    for (name, _), r in zip(commands, records):
+        totals.setdefault(name, []).append(r.edits[-1][0] - r.sent_at)
+    print("\nburst:", json.dumps({
+        "acknowledge_p95_s": round(sorted(acks)[int(0.95 * (len(acks) - 1))], 4), "acknowledge_max_s": round(max(acks), 4),
+        "end_to_end_median_s": {k: round(statistics.median(v), 2) for k, v in totals.items()},
+        "end_to_end_max_s": {k: round(max(v), 2) for k, v in totals.items()},
+        "wall_s": round(time.monotonic() - started, 2)}))
+    queued = [r for r in records if any("Waiting in line" in text for _, text in r.edits)]
+    assert queued, "with 20 at once, some people must have been shown their place in the queue"
+
+
+async def test_a_gateway_disconnect_mid_job_still_delivers_the_result(discord_sandbox):
+    emulator, _ = discord_sandbox
+    resumes = emulator.resumes
+    record = await emulator.invoke("fix", {"photo": Upload("coffee.jpg", samples.photo("coffee"), "image/jpeg")}, user_id=6001)
+    await record.wait(lambda r: r.callback_type is not None, timeout=10)
+    await emulator.drop_gateway(4000)
+    await record.wait(timeout=300)
+    assert record.files
+    for _ in range(100):
+        if emulator.resumes > resumes:
+            break
+        await asyncio.sleep(0.1)
+    assert emulator.resumes == resumes + 1  # discord.py resumed the same session
+    later = await emulator.invoke("dream", {"count": 1, "seed": 3}, user_id=6002)  # events flow again
+    await later.wait()
+    assert later.files
+
+
+async def test_results_fit_the_upload_limit_of_the_context(discord_sandbox):
+    emulator, _ = discord_sandbox
+    record = await emulator.invoke("stylize", {"content": Upload("astronaut.jpg", samples.photo("astronaut"), "image/jpeg"),
+                                               "preset": "3"}, attachment_size_limit=120_000, user_id=7001)
+    await record.wait()
+    (data,) = record.files.values()
+    assert len(data) <= 120_000 and Image.open(io.BytesIO(data)).width > 0
+
+
+async def test_work_that_would_outlive_the_interaction_token_is_refused(discord_sandbox):
+    emulator, _ = discord_sandbox
+    record = await emulator.invoke("dream", {"count": 2}, age_s=14 * 60 + 50, user_id=7002)
+    await record.wait()
+    assert "15 minutes" in only_one_sentence(record)
+
+
+async def test_help_and_status_answer_only_the_asker(discord_sandbox):
+    emulator, _ = discord_sandbox
+    helped = await emulator.invoke("help")
+    status = await emulator.invoke("status")
+    await helped.wait()
+    await status.wait()
+    assert "/stylize" in helped.ephemeral_messages[0] and "/fix" in helped.ephemeral_messages[0]
+    assert "Queue:" in status.ephemeral_messages[0] and "CPU" in status.ephemeral_messages[0]
+
+
+async def test_cooldown_per_user_caps_and_a_full_queue_are_polite():
+    emulator = DiscordEmulator()
+    await emulator.start()
+    bot, running = await start_bot(emulator, sandbox_settings(emulator, cooldown_s=30, max_jobs_per_user=1,
+                                                              max_queue=1, max_batch=1, preload=False))
+    try:
+        first = await emulator.invoke("dream", {"count": 1, "seed": 1}, user_id=1)
+        again = await emulator.invoke("dream", {"count": 1, "seed": 2}, user_id=1)
+        await again.wait()
+        assert "cooldown" in only_one_sentence(again)
+        await first.wait(timeout=120)
+        bot.runner.limiter.cooldown_s = 0
+        hold = asyncio.Event()
+        dream = bot.pool.tasks["dream"]
+        dream.prepare = _blocking(type(dream).prepare.__get__(dream), hold)  # on this instance only, undone below
+        crowd = []
+        for i, (state, count) in enumerate((("running", 1), ("queued", 1), (None, 0))):
+            crowd.append(await emulator.invoke("dream", {"count": 1, "seed": 10 + i}, user_id=100 + i))
+            while state and bot.pool.status()[state] < count:  # one runs (held), one waits in the queue of 1
+                await asyncio.sleep(0.01)
+        await crowd[2].wait(timeout=30)  # ... and the third is turned away
+        assert "busy" in only_one_sentence(crowd[2])
+        mine = await emulator.invoke("dream", {"count": 1, "seed": 9}, user_id=100)
+        await mine.wait()
+        assert "already have a request running" in only_one_sentence(mine)
+        hold.set()
+        await asyncio.gather(crowd[0].wait(timeout=120), crowd[1].wait(timeout=120))
+        assert crowd[0].files and crowd[1].files
+    finally:
+        del dream.prepare
+        await bot.close()
+        await running
+        await emulator.stop()
+
+
+def _blocking(prepare, gate: asyncio.Event):
+    """Hold the worker inside the first prepare until `gate` is set (a job that takes a while)."""
+    loop = asyncio.get_running_loop()
+
+    def held(job, limits):
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=60)
+        return prepare(job, limits)
+    return held
