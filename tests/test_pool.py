@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -230,3 +231,21 @@ async def test_real_models_through_the_pool(real_weights):
     for r in results[2:]:
         assert Image.open(io.BytesIO(r.files[0].data)).size == (256, 170)
     await pool.close()
+
+
+async def test_reduced_precision_path_keeps_the_pictures(real_weights):
+    """The GPU configuration's bf16 autocast (norms kept in float32), exercised on the CPU."""
+    cat, painting = samples.photo("cat"), samples.painting()
+    jobs = [Job("stylize", {"max_side": 192}, {"content": cat, "style": painting}),
+            Job("stylize", {"max_side": 192, "presets": "19"}, {"content": cat}),
+            Job("dream", {"seed": 8, "count": 4})]
+    pictures = {}
+    for precision in ("fp32", "bf16"):
+        pool = InferencePool(PoolConfig(device="cpu", precision=precision, max_batch=1, warmup=False))
+        await pool.start()
+        results = [await pool.submit(job) for job in jobs]
+        pictures[precision] = [np.asarray(Image.open(io.BytesIO(r.files[0].data)).convert("RGB"), np.float32) for r in results]
+        await pool.close()
+    for full, reduced in zip(pictures["fp32"], pictures["bf16"]):
+        mse = float(((full - reduced) ** 2).mean())
+        assert full.shape == reduced.shape and 10 * np.log10(255**2 / max(mse, 1e-9)) >= 28

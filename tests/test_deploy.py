@@ -1,0 +1,129 @@
+"""deploy/: the files parse and name real paths; the Dockerfile's install steps work in a fresh venv."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+from bot.settings import Settings
+from models import weights
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+def install_defaults() -> dict[str, str]:
+    """The defaults deploy/install.sh uses, read from the script itself."""
+    text = (DEPLOY / "install.sh").read_text()
+    return {"venv": re.search(r"EASEL_VENV:-([^}]+)}", text)[1], "cache": re.search(r"EASEL_CACHE_DIR:-([^}]+)}", text)[1]}
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if word == "FROM":
+            current = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+            stages[current] = []
+        elif current:
+            stages[current].append((word, rest))
+    return stages
+
+
+def test_compose_reserves_a_gpu_and_keeps_weights_in_a_volume():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    stages = dockerfile_stages()
+    cache = install_defaults()["cache"]
+    for name, target in (("easel", "gpu"), ("easel-cpu", "cpu")):
+        service = compose["services"][name]
+        build = service["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+        assert build["target"] == target and target in stages
+        assert service["env_file"] == ".env" and (DEPLOY / ".env.example").is_file()
+        assert f"easel-cache:{cache}" in service["volumes"] and "easel-cache" in compose["volumes"]
+        assert service["restart"] == "unless-stopped"
+        assert int(service["stop_grace_period"].rstrip("s")) > Settings().shutdown_grace_s
+        assert "easel weights fetch" in service["command"][-1] and "easel run" in service["command"][-1]
+    device = compose["services"]["easel"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_env_example_names_only_real_settings():
+    env = Settings.from_env(env={}, env_file=DEPLOY / ".env.example")
+    assert env.device == "auto" and env.upload_limit_mb == 10 and env.token == ""
+
+
+def test_dockerfile_builds_with_the_install_script_and_runs_unprivileged_with_a_health_check():
+    stages = dockerfile_stages()
+    defaults = install_defaults()
+    for build, runtime in (("build-cpu", "cpu"), ("build-gpu", "gpu")):
+        steps = stages[build]
+        assert ("COPY", ". /src") in steps and any(w == "RUN" and "sh /src/deploy/install.sh" in r for w, r in steps)
+        final = dict((w, r) for w, r in stages[runtime])
+        copies = [r for w, r in stages[runtime] if w == "COPY"]
+        assert any(defaults["venv"] in c for c in copies) and any(defaults["cache"] in c for c in copies)
+        assert final["USER"] == "easel" and "/healthz" in final["HEALTHCHECK"] and "EASEL_HTTP_PORT=8080" in final["ENV"]
+        assert f"EASEL_CACHE_DIR={defaults['cache']}" in final["ENV"] and final["CMD"] == '["easel", "run"]'
+    ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert ".venv" in ignored and "deploy/.env" in ignored
+
+
+def read_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """systemd unit syntax: sections, and keys that may repeat (Environment=)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_systemd_unit_points_at_the_install_layout():
+    unit = read_unit(DEPLOY / "easel.service")
+    service = {k: v[-1] for k, v in unit["Service"].items()}
+    defaults = install_defaults()
+    assert shlex.split(service["ExecStart"]) == [f"{defaults['venv']}/bin/easel", "run"]
+    assert service["WorkingDirectory"] == str(Path(defaults["venv"]).parent)
+    assert f"EASEL_CACHE_DIR={defaults['cache']}" in unit["Service"]["Environment"]
+    assert service["ReadWritePaths"] == defaults["cache"]
+    assert service["KillSignal"] == "SIGTERM" and int(service["TimeoutStopSec"]) > Settings().shutdown_grace_s
+    assert service["EnvironmentFile"] == "/etc/easel/easel.env" and service["User"] == "easel"
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+@pytest.mark.slow
+def test_install_script_works_in_a_fresh_venv(tmp_path, real_weights):
+    """What the Dockerfile runs, for real: a new venv, the pinned torch, Easel, and its weights."""
+    env = {**os.environ, "EASEL_VENV": str(tmp_path / "venv"), "EASEL_CACHE_DIR": str(tmp_path / "cache"),
+           "EASEL_SOURCE": str(ROOT), "EASEL_WHEELHOUSE": str(weights.cache_dir() / "wheels"),
+           "TORCH_SPEC": f"torch=={torch.__version__.split('+')[0]} torchvision=={torchvision.__version__.split('+')[0]}",
+           "PYTHON": sys.executable.replace(sys.prefix, sys.base_prefix) if sys.prefix != sys.base_prefix else sys.executable}
+    done = subprocess.run(["sh", str(DEPLOY / "install.sh")], env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(" ready\n") + done.stdout.count("ready\n") >= len(weights.REGISTRY)
+    easel = tmp_path / "venv" / "bin" / "easel"
+    out = tmp_path / "faces.png"
+    made = subprocess.run([str(easel), "dream", "-n", "1", "--seed", "3", "-o", str(out), "--device", "cpu"],
+                          env={**env, "EASEL_WHEELHOUSE": ""}, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert out.stat().st_size > 1000
