@@ -19,6 +19,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from bot.app import run
     from bot.settings import Settings, SettingsError
+    from models.errors import DeviceError
+    from models.weights import WeightsError
 
     try:
         settings = Settings.from_env(env_file=args.env_file)
@@ -31,6 +33,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         asyncio.run(run(settings))
     except discord.LoginFailure:
         raise SystemExit("easel: Discord rejected DISCORD_TOKEN; copy it again from the Developer Portal (Bot -> Reset Token).") from None
+    except (DeviceError, WeightsError) as error:
+        raise SystemExit(f"easel: {error}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

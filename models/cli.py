@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models import weights
-from models.errors import BusyError, ResourceError, UserError
+from models.errors import BusyError, DeviceError, ResourceError, UserError
 from models.jobs import Job, Result
 
 NO_LIMIT = 1 << 40
@@ -174,12 +174,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command; user mistakes become one sentence on stderr and exit status 2."""
     try:
         args.func(args)
-    except (CliError, UserError, weights.WeightsError, ResourceError, BusyError) as error:
-        print(f"easel: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:  # device selection and similar set-up problems
-        if "EASEL_DEVICE" not in str(error):
-            raise
+    except (CliError, UserError, weights.WeightsError, ResourceError, BusyError, DeviceError) as error:
         print(f"easel: {error}", file=sys.stderr)
         return 2
     return 0

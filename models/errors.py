@@ -17,3 +17,7 @@ class JobTimeout(TimeoutError):
 
 class ResourceError(RuntimeError):
     """The job needs more memory than the device has, even at the smallest batch and tile."""
+
+
+class DeviceError(RuntimeError):
+    """The configured device does not exist here; the message says what was asked and what is visible."""

@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from models.errors import BusyError, JobTimeout, ResourceError, UserError
+from models.errors import BusyError, DeviceError, JobTimeout, ResourceError, UserError
 from models.images import Limits
 from models.jobs import Job, Progress, Result
 from models.tasks import TASKS, Plan, RunContext, Task
@@ -55,22 +56,22 @@ class PoolConfig:
 
 
 def resolve_devices(spec: str) -> list[torch.device]:
-    """EASEL_DEVICE semantics: auto = every visible GPU, else the CPU."""
-    cuda = torch.cuda.is_available()
+    """Device semantics (EASEL_DEVICE, --device): auto = every visible GPU, else the CPU."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if spec == "auto":
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if cuda else [torch.device("cpu")]
+        return [torch.device("cuda", i) for i in range(count)] if count else [torch.device("cpu")]
     if spec == "cpu":
         return [torch.device("cpu")]
-    if spec.startswith("cuda"):
-        if not cuda:
-            raise RuntimeError(f"EASEL_DEVICE={spec} but PyTorch sees no CUDA device (CPU-only build, or no driver).")
-        if spec == "cuda":
-            return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-        index = int(spec.split(":", 1)[1])
-        if index >= torch.cuda.device_count():
-            raise RuntimeError(f"EASEL_DEVICE={spec} but only {torch.cuda.device_count()} CUDA device(s) are visible.")
-        return [torch.device("cuda", index)]
-    raise RuntimeError(f"EASEL_DEVICE must be auto, cpu, cuda or cuda:N, not {spec!r}.")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if match is None:
+        raise DeviceError(f"The device must be auto, cpu, cuda or cuda:N, not {spec!r}.")
+    if not count:
+        raise DeviceError(f"Device {spec} was asked for, but PyTorch sees no CUDA device (a CPU-only build, or no driver).")
+    if match[1] is None:
+        return [torch.device("cuda", i) for i in range(count)]
+    if int(match[1]) >= count:
+        raise DeviceError(f"Device {spec} was asked for, but only {count} CUDA device(s) are visible.")
+    return [torch.device("cuda", int(match[1]))]
 
 
 def _reduced_dtype(precision: str, device: torch.device) -> torch.dtype | None:

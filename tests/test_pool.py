@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from models import samples
-from models.errors import BusyError, JobTimeout, ResourceError, UserError
+from models.errors import BusyError, DeviceError, JobTimeout, ResourceError, UserError
 from models.jobs import File, Job, Progress, Result
-from models.pool import InferencePool, PoolConfig
+from models.pool import InferencePool, PoolConfig, resolve_devices
 from models.tasks import Plan, RunContext, Task
 
 
@@ -249,3 +249,21 @@ async def test_reduced_precision_path_keeps_the_pictures(real_weights):
     for full, reduced in zip(pictures["fp32"], pictures["bf16"]):
         mse = float(((full - reduced) ** 2).mean())
         assert full.shape == reduced.shape and 10 * np.log10(255**2 / max(mse, 1e-9)) >= 28
+
+
+@pytest.mark.parametrize("spec, words", [("cuda", "no CUDA device"), ("cuda:3", "no CUDA device"), ("tpu", "auto, cpu, cuda")])
+def test_asking_for_a_device_that_is_not_there_is_one_sentence(spec, words, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match=words):
+        resolve_devices(spec)
+    assert resolve_devices("auto") == [torch.device("cpu")]
+
+
+def test_device_selection_when_gpus_are_visible(monkeypatch):
+    """The GPU branch of device selection, with two GPUs pretended."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_devices("auto") == resolve_devices("cuda") == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert resolve_devices("cuda:1") == [torch.device("cuda", 1)]
+    with pytest.raises(DeviceError, match="only 2"):
+        resolve_devices("cuda:2")
