@@ -27,7 +27,7 @@ from PIL import Image
 
 from models import samples
 from models.jobs import Job
-from models.pool import InferencePool, PoolConfig
+from models.pool import InferencePool, PoolConfig, keep_freed_memory
 
 SCENARIOS: dict[str, Callable[[int], Job]] = {
     "dream": lambda i: Job("dream", {"seed": i, "count": 4}),
@@ -128,6 +128,7 @@ def bench_onnxruntime(repeat: int) -> list[dict[str, Any]]:
     from models.style.arbitrary import StylePredictor, StyleTransformer
     from models.style.presets import PresetStyleNet
 
+    keep_freed_memory()  # the CPU worker's allocator setting, also when the pool part was skipped
     spec = weights.REGISTRY["style-arbitrary"]
     predict_onnx, transform_onnx = weights.wheel_members(spec)
     (presets_onnx,) = weights.wheel_members(weights.REGISTRY["style-presets"])
