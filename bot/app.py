@@ -49,7 +49,7 @@ class EaselBot(commands.Bot):
 
     async def login(self, token: str) -> None:
         """Point discord.py at the configured API (Discord, a compatible server, or the emulator)."""
-        Route.BASE = self.settings.api_base.rstrip("/")
+        Route.BASE = self.settings.discord_api_base.rstrip("/")
         await super().login(token)
 
     async def setup_hook(self) -> None:

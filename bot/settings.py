@@ -34,7 +34,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 @dataclass(frozen=True)
 class Settings:
     token: str = field(default="", repr=False)  # never printed or logged
-    api_base: str = DEFAULT_API_BASE
+    discord_api_base: str = DEFAULT_API_BASE  # EASEL_DISCORD_API_BASE
     attachment_hosts: tuple[str, ...] = DISCORD_CDN_HOSTS
     device: str = "auto"
     guild_id: int | None = None  # sync commands to this guild only: instant, for development

@@ -27,7 +27,7 @@ MB = 2**20
 
 
 def sandbox_settings(emulator: DiscordEmulator, **overrides) -> Settings:
-    values = dict(token=emulator.token, api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,), device="cpu",
+    values = dict(token=emulator.token, discord_api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,), device="cpu",
                   cooldown_s=0, max_jobs_per_user=4, max_jobs_per_guild=64, max_queue=64, download_limit_mb=5)
     values.update(overrides)
     return Settings(**values)
@@ -299,3 +299,39 @@ def _blocking(prepare, gate: asyncio.Event):
         asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=60)
         return prepare(job, limits)
     return held
+
+
+async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
+    """The real `python -m bot` process: SIGTERM mid-job still delivers that job, refuses new ones politely."""
+    import os
+    import signal
+    import sys
+
+    emulator = DiscordEmulator()
+    await emulator.start()
+    env = {**os.environ, "DISCORD_TOKEN": emulator.token, "EASEL_DISCORD_API_BASE": emulator.api_base,
+           "EASEL_ATTACHMENT_HOSTS": emulator.cdn_host, "EASEL_DEVICE": "cpu", "EASEL_COOLDOWN_S": "0",
+           "EASEL_SHUTDOWN_GRACE_S": "120", "EASEL_LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=tmp_path, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        ready, exited = asyncio.create_task(emulator.identified.wait()), asyncio.create_task(process.wait())
+        await asyncio.wait([ready, exited], timeout=180, return_when=asyncio.FIRST_COMPLETED)
+        assert ready.done(), (await process.stderr.read()).decode()[-2000:]
+        big = Image.open(io.BytesIO(samples.photo("astronaut"))).convert("RGB").resize((1024, 1024))
+        record = await emulator.invoke("fix", {"photo": Upload("big.png", png_bytes(big))})
+        await record.wait(lambda r: any("Restoring" in text for _, text in r.edits), timeout=60)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        late = await emulator.invoke("dream", {"count": 1}, user_id=2)
+        await late.wait(timeout=30)
+        assert "shutting down" in only_one_sentence(late)
+        await record.wait(timeout=180)
+        assert record.files and image_of(record, "fixed.png").size == (1024, 1024)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        stderr = (await process.stderr.read()).decode()
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await emulator.stop()

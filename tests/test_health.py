@@ -26,7 +26,7 @@ async def test_health_metrics_and_logs(real_weights, caplog):
     emulator = DiscordEmulator()
     await emulator.start()
     port = free_port()
-    settings = Settings(token=emulator.token, api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,),
+    settings = Settings(token=emulator.token, discord_api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,),
                         device="cpu", cooldown_s=0, http_port=port)
     bot, running = await start_bot(emulator, settings)
     base = f"http://127.0.0.1:{port}"

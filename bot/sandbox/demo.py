@@ -31,7 +31,7 @@ def blurred_photo() -> bytes:
 
 
 def sandbox_settings(emulator: DiscordEmulator, device: str) -> Settings:
-    return Settings(token=emulator.token, api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,),
+    return Settings(token=emulator.token, discord_api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,),
                     device=device, cooldown_s=0, max_jobs_per_user=8)
 
 
