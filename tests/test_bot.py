@@ -6,9 +6,7 @@ import asyncio
 import io
 import json
 import statistics
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from PIL import Image, ImageFilter
 from bot.sandbox.demo import start_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from bot.settings import Settings
-from conftest import png_bytes
+from conftest import png_bytes, png_declaring
 from models import samples
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -154,13 +152,6 @@ async def test_fix_returns_a_sharper_photo_and_a_before_after_view(discord_sandb
     def error(image: Image.Image) -> float:
         return float(np.abs(np.asarray(image, np.float32) - np.asarray(sharp, np.float32)).mean())
     assert error(fixed) < error(blurry)  # closer to the sharp original than what was sent
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("upload, words", [
