@@ -29,7 +29,8 @@ EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", 
 
 def pool_config(settings: Settings) -> PoolConfig:
     return PoolConfig(
-        device=settings.device, max_batch=settings.max_batch, batch_wait_s=settings.batch_wait_ms / 1000,
+        device=settings.device, max_batch=settings.max_batch, max_batch_megapixels=settings.max_batch_megapixels,
+        batch_wait_s=settings.batch_wait_ms / 1000,
         max_queue=settings.max_queue, preload=settings.preload,
         limits=Limits(max_bytes=settings.download_limit, max_pixels=settings.max_pixels),
     )

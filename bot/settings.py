@@ -47,6 +47,7 @@ class Settings:
     max_jobs_per_guild: int = 8
     max_queue: int = 64
     max_batch: int = 8
+    max_batch_megapixels: float = 0.0  # 0: the device's default (4 on the CPU, unbounded on GPUs)
     batch_wait_ms: int = 20
     preload: bool = True
     shutdown_grace_s: float = 30.0

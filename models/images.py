@@ -75,13 +75,24 @@ def probe(data: bytes, limits: Limits = Limits()) -> ImageInfo:
         )
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"That image is only {width}x{height}; both sides need at least {MIN_SIDE} pixels.")
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION)
-    except Exception:  # a malformed EXIF block only loses the rotation, never the image
-        orientation = None
+    orientation = _orientation(image)
     if orientation in _ROTATED:
         width, height = height, width
     return ImageInfo(image.format or "?", width, height)
+
+
+def _orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation, read without decoding pixels.
+
+    Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixel
+    data; here a PNG's EXIF counts only if it came before them (in the header, as usual).
+    """
+    if image.format == "PNG" and "exif" not in image.info:
+        return None
+    try:
+        return image.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # a malformed EXIF block only loses the rotation, never the image
+        return None
 
 
 def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
@@ -132,7 +143,7 @@ _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 def _save(image: Image.Image, fmt: str, quality: int) -> bytes:
     buffer = io.BytesIO()
     if fmt == "PNG":
-        image.save(buffer, "PNG", optimize=False, compress_level=6)
+        image.save(buffer, "PNG", compress_level=3)  # zlib's fast end: 3x quicker than 6 for ~8% more bytes
     elif fmt == "JPEG":
         image.save(buffer, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
     else:

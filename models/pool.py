@@ -45,6 +45,7 @@ MAX_SHRINK = 3
 class PoolConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     max_batch: int = 8
+    max_batch_megapixels: float = 0.0  # 0: 4 on the CPU (bigger batches overflow its caches), unbounded on GPUs
     batch_wait_s: float = 0.02
     max_queue: int = 64
     job_timeout_s: float = 600.0
@@ -119,6 +120,7 @@ class _Ticket:
     future: asyncio.Future[Result]
     on_progress: ProgressCallback | None
     queued_at: float = field(default_factory=time.monotonic)
+    gap: float = float("inf")  # seconds since the job submitted before this one
     started_at: float = 0.0
     cancelled: bool = False
     last_report: tuple[str, int, float] = ("", -1, -1.0)
@@ -144,6 +146,7 @@ class _Worker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"easel-{device}")
         self.nets: dict[str, Any] = {}
         self.channels_last = True  # faster convolutions on CUDA and on this project's CPUs (see README, Performance)
+        self.batch_megapixels = config.max_batch_megapixels or (4.0 if device.type == "cpu" else float("inf"))
         self.busy = False
 
     def name(self) -> str:
@@ -191,7 +194,9 @@ class InferencePool:
         self._workers: list[_Worker] = []
         self._loops: list[asyncio.Task[None]] = []
         self._running: set[_Ticket] = set()
+        self._cpu: ThreadPoolExecutor  # decoding and encoding, shared by the device workers
         self._closing = False
+        self._last_submit = float("-inf")
         self._seconds_per_cost: dict[str, float] = {}
         self.started = False
 
@@ -202,6 +207,7 @@ class InferencePool:
         if self.config.cpu_threads or not torch.cuda.is_available():
             torch.set_num_threads(self.config.cpu_threads or len(os.sched_getaffinity(0)))  # the cores we may use
         self._workers = [_Worker(d, self.config) for d in resolve_devices(self.config.device)]
+        self._cpu = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)), thread_name_prefix="easel-cpu")
         if any(w.device.type == "cpu" for w in self._workers):
             keep_freed_memory()
         if self.config.preload:
@@ -237,6 +243,7 @@ class InferencePool:
             loop_task.cancel()
         for worker in self._workers:
             worker.executor.shutdown(wait=False, cancel_futures=True)
+        self._cpu.shutdown(wait=False, cancel_futures=True)
         self.started = False
 
     # -- submitting ------------------------------------------------------------------
@@ -258,6 +265,7 @@ class InferencePool:
             raise BusyError(f"The queue would take about {_duration(estimate)}, longer than I can keep "
                             "your request open; please try again later.")
         ticket = _Ticket(job, task, plan, asyncio.get_running_loop().create_future(), on_progress)
+        ticket.gap, self._last_submit = ticket.queued_at - self._last_submit, ticket.queued_at
         self._queue.append(ticket)
         ticket.report(Progress("queued", len(self._queue) - 1, 0.0, estimate))
         async with self._changed:
@@ -281,17 +289,36 @@ class InferencePool:
 
     # -- scheduling ------------------------------------------------------------------
 
-    async def _next_batch(self) -> list[_Ticket]:
-        """Wait for work; return the oldest job plus same-key jobs that came within the window."""
+    def _mates(self, head: _Ticket, worker: _Worker) -> tuple[list[_Ticket], bool]:
+        """Queued jobs that can share head's batch, in arrival order; and whether the batch is full."""
+        mates, total = [], 0.0
+        for ticket in self._queue:
+            if ticket.plan.key != head.plan.key:
+                continue
+            if mates and total + ticket.plan.cost > worker.batch_megapixels:
+                return mates, True
+            mates.append(ticket)
+            total += ticket.plan.cost
+            if len(mates) == self.config.max_batch:
+                return mates, True
+        return mates, False
+
+    async def _next_batch(self, worker: _Worker) -> list[_Ticket]:
+        """Wait for work; return the oldest job plus same-key jobs that came within the window.
+
+        The oldest job waits for company only while jobs are arriving closer together than the
+        window: a lone request from a quiet server starts at once instead of paying the window.
+        """
         async with self._changed:
             while True:
                 if not self._queue:
                     await self._changed.wait()
                     continue
                 head = self._queue[0]
-                mates = [t for t in self._queue if t.plan.key == head.plan.key][: self.config.max_batch]
+                mates, full = self._mates(head, worker)
                 wait = head.queued_at + self.config.batch_wait_s - time.monotonic()
-                if wait > 0 and len(mates) < self.config.max_batch:
+                busy = head.gap < self.config.batch_wait_s
+                if wait > 0 and busy and not full:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), wait)
                     continue
@@ -307,7 +334,7 @@ class InferencePool:
     async def _work(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            batch = await self._next_batch(worker)
             batch = [t for t in batch if not t.cancelled]
             if not batch:
                 continue
@@ -329,7 +356,12 @@ class InferencePool:
                 await loop.run_in_executor(worker.executor, worker.release_memory)
 
     def _execute(self, worker: _Worker, batch: list[_Ticket], loop: asyncio.AbstractEventLoop) -> None:
-        """On the worker thread: prepare each job, run the batch once, finish and deliver each job."""
+        """On the worker thread: prepare the jobs, run the batch once, finish and deliver each job.
+
+        Preparing (decoding) and finishing (encoding) are CPU work per job: they fan out over the
+        pool's CPU threads, so a batch's post-processing uses every core while the device thread
+        only runs the model.
+        """
         task = batch[0].task
 
         def deliver(ticket: _Ticket, outcome: Result | BaseException) -> None:
@@ -346,41 +378,51 @@ class InferencePool:
             for t in batch:
                 _call_soon(loop, t.report, Progress("running", 0, fraction))
 
-        with torch.inference_mode():
-            live, items = [], []
-            for ticket in batch:
-                if ticket.cancelled:
-                    continue
-                try:
-                    items.append(task.prepare(ticket.job, self.config.limits))
-                    live.append(ticket)
-                except UserError as error:
-                    deliver(ticket, error)
-            still = [n for n, t in enumerate(live) if not t.cancelled]  # dropped while decoding: never computed
-            live, items = [live[n] for n in still], [items[n] for n in still]
-            if not live:
-                return
-            try:
+        def finish(ticket: _Ticket, item: Any, output: Any) -> Result:
+            result = task.finish(ticket.job, item, output)
+            timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3),
+                       "run_s": round(time.monotonic() - ticket.started_at, 3), "batch": len(live), "device": worker.name()}
+            return Result(result.files, {**result.info, **timings})
+
+        live, items = [], []
+        for ticket, item in self._on_cpu([t for t in batch if not t.cancelled],
+                                         lambda t: task.prepare(t.job, self.config.limits)):
+            if isinstance(item, BaseException):
+                self._fail(task, ticket, item, deliver)
+            elif not ticket.cancelled:  # dropped while decoding: never computed
+                live.append(ticket)
+                items.append(item)
+        if not live:
+            return
+        try:
+            with torch.inference_mode():
                 outputs = worker.run_batch(task, items, worker.context(progress))
+        except Exception as error:
+            for ticket in live:
+                self._fail(task, ticket, error, deliver)
+            return
+        done = [(t, item, out) for t, item, out in zip(live, items, outputs) if not t.cancelled]
+        for (ticket, _, _), result in self._on_cpu(done, lambda args: finish(*args)):
+            if isinstance(result, BaseException):
+                self._fail(task, ticket, result, deliver)
+            else:
+                deliver(ticket, result)
+
+    def _on_cpu(self, things: list[Any], fn: Callable[[Any], Any]) -> list[tuple[Any, Any]]:
+        """(thing, fn(thing) or the exception it raised), computed on the CPU threads in parallel."""
+        def attempt(thing: Any) -> Any:
+            try:
+                with torch.inference_mode():
+                    return fn(thing)
             except Exception as error:
-                if not isinstance(error, UserError):
-                    log.exception("%s batch of %d failed on %s", task.name, len(live), worker.name())
-                for ticket in live:
-                    deliver(ticket, error)
-                return
-            for ticket, item, output in zip(live, items, outputs):
-                if ticket.cancelled:
-                    continue
-                try:
-                    result = task.finish(ticket.job, item, output)
-                    timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3),
-                               "run_s": round(time.monotonic() - ticket.started_at, 3), "batch": len(live),
-                               "device": worker.name()}
-                    deliver(ticket, Result(result.files, {**result.info, **timings}))
-                except Exception as error:
-                    if not isinstance(error, UserError):
-                        log.exception("finishing a %s job failed", task.name)
-                    deliver(ticket, error)
+                return error
+        return list(zip(things, self._cpu.map(attempt, things)))
+
+    @staticmethod
+    def _fail(task: Task, ticket: _Ticket, error: BaseException, deliver: Callable[[_Ticket, BaseException], None]) -> None:
+        if not isinstance(error, UserError):
+            log.error("a %s job failed", task.name, exc_info=error)
+        deliver(ticket, error)
 
     # -- estimates and status ------------------------------------------------------------
 

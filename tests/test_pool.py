@@ -75,14 +75,40 @@ async def test_jobs_arriving_together_run_as_one_batch_in_arrival_order():
     await pool.close()
 
 
-async def test_batches_never_mix_keys_and_a_lone_job_still_runs_promptly():
+async def test_batches_never_mix_keys():
     task = Echo()
     pool = await started(task, max_batch=8, batch_wait_s=0.05)
     await asyncio.gather(*(pool.submit(echo(v, shape=v % 2)) for v in range(6)))
     assert sorted(map(tuple, task.batches)) == [(0, 2, 4), (1, 3, 5)]
+    await pool.close()
+
+
+async def test_jobs_trickling_in_during_a_burst_wait_for_each_other():
+    task = Echo(delay=0.05)
+    pool = await started(task, max_batch=8, batch_wait_s=0.2)
+
+    async def later(value: int, delay: float) -> Result:
+        await asyncio.sleep(delay)
+        return await pool.submit(echo(value))
+    await asyncio.gather(*(later(v, 0.02 * v) for v in range(5)))  # one every 20 ms
+    assert task.batches == [[0], [1, 2, 3, 4]]  # the first came alone; the rest waited for company
+    await pool.close()
+
+
+async def test_a_lone_job_on_a_quiet_pool_does_not_wait_for_the_window():
+    pool = await started(Echo(), max_batch=8, batch_wait_s=0.5)
     begun = time.monotonic()
-    await pool.submit(echo(9, shape=7))
-    assert time.monotonic() - begun < 1.0  # waited one 50 ms window, not for company
+    await pool.submit(echo(1))
+    assert time.monotonic() - begun < 0.4
+    await pool.close()
+
+
+async def test_a_batch_stops_at_its_megapixel_budget():
+    """On the CPU, big images batch less: their activations no longer fit the caches."""
+    task = Echo()
+    pool = await started(task, max_batch=8, max_batch_megapixels=2.5, batch_wait_s=0.05)
+    await asyncio.gather(*(pool.submit(echo(v)) for v in range(6)))  # each echo job costs 1 megapixel
+    assert task.batches == [[0, 1], [2, 3], [4, 5]]
     await pool.close()
 
 
