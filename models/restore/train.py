@@ -104,7 +104,7 @@ def validation_set(images: dict[str, np.ndarray], seed: int = 999, size: int = 2
     kernels = [("motion", motion_kernel(rng, 12.0)), ("defocus", disk_kernel(3.0)), ("gaussian", gaussian_kernel(2.0))]
     pairs = []
     for array in images.values():
-        image = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+        image = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
         for kind, kernel in kernels:
             d = Degradation(kind, kernel, 0.01, None)
             m = d.margin
@@ -201,7 +201,7 @@ def train(recipe: Recipe, out: Path, data_dir: Path, resume: bool) -> None:
         with torch.no_grad():
             for e, p in zip(ema.state_dict().values(), net.state_dict().values()):
                 e.lerp_(p, 1 - recipe.ema_decay) if e.is_floating_point() else e.copy_(p)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         done = step + 1
         if done % 50 == 0:
             row = {"step": done, "loss": float(np.mean(losses[-50:])), "lr": learning_rate(step, recipe),
