@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: setup test bench
+.PHONY: setup demo test bench
 
 setup: $(VENV)/.installed
 
@@ -11,6 +11,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -e '.[test]'
 	touch $@
+
+demo: setup
+	$(BIN)/easel weights fetch
+	$(BIN)/easel demo
 
 test: setup
 	$(BIN)/python -m pytest
