@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
@@ -32,11 +33,12 @@ async def test_health_metrics_and_logs(real_weights, caplog):
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):  # READY arrives just after the gateway handshake
+            for _ in range(200):  # the gateway handshake and READY finish shortly after start
                 async with http.get(f"{base}/healthz") as response:
                     report = await response.json()
                     if response.status == 200:
                         break
+                await asyncio.sleep(0.05)
             assert report == {**report, "ok": True, "gateway_connected": True, "pool_running": True, "models_loaded": True}
             assert report["models"] == ["dream", "fix", "stylize"]
 
