@@ -38,6 +38,7 @@ def pool_config(settings: Settings) -> PoolConfig:
 
 class EaselBot(commands.Bot):
     def __init__(self, settings: Settings, pool: InferencePool | None = None) -> None:
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # Easel has no voice features
         intents = discord.Intents.none()
         intents.guilds = True  # slash commands need no privileged intents
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
