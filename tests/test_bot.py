@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import statistics
 import time
 
@@ -245,6 +246,7 @@ async def test_help_and_status_answer_only_the_asker(discord_sandbox):
     await status.wait()
     assert "/stylize" in helped.ephemeral_messages[0] and "/fix" in helped.ephemeral_messages[0]
     assert "Queue:" in status.ephemeral_messages[0] and "CPU" in status.ephemeral_messages[0]
+    assert re.search(r"\*\*Requests:\*\* \d+ being handled", status.ephemeral_messages[0])
 
 
 async def test_cooldown_per_user_caps_and_a_full_queue_are_polite():

@@ -28,8 +28,9 @@ def install_defaults() -> dict[str, str]:
 
 
 def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
-    stages: dict[str, list[tuple[str, str]]] = {}
-    current = None
+    """Instructions per stage (keyed by stage name), with continuation lines joined."""
+    stages: dict[str, list[tuple[str, str]]] = {"": []}
+    current = ""
     text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
     for line in text.splitlines():
         line = line.strip()
@@ -37,9 +38,9 @@ def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
             continue
         word, _, rest = line.partition(" ")
         if word == "FROM":
-            current = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
-            stages[current] = []
-        elif current:
+            current = rest.split(" AS ")[-1].strip()
+            stages[current] = [("FROM", rest.split(" AS ")[0].strip())]
+        else:
             stages[current].append((word, rest))
     return stages
 
@@ -48,11 +49,11 @@ def test_compose_reserves_a_gpu_and_keeps_weights_in_a_volume():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     stages = dockerfile_stages()
     cache = install_defaults()["cache"]
-    for name, target in (("easel", "gpu"), ("easel-cpu", "cpu")):
+    for name, variant in (("easel", "gpu"), ("easel-cpu", "cpu")):
         service = compose["services"][name]
         build = service["build"]
         assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
-        assert build["target"] == target and target in stages
+        assert build["args"] == {"VARIANT": variant} and f"base-{variant}" in stages
         assert service["env_file"] == ".env" and (DEPLOY / ".env.example").is_file()
         assert f"easel-cache:{cache}" in service["volumes"] and "easel-cache" in compose["volumes"]
         assert service["restart"] == "unless-stopped"
@@ -70,14 +71,17 @@ def test_env_example_names_only_real_settings():
 def test_dockerfile_builds_with_the_install_script_and_runs_unprivileged_with_a_health_check():
     stages = dockerfile_stages()
     defaults = install_defaults()
-    for build, runtime in (("build-cpu", "cpu"), ("build-gpu", "gpu")):
-        steps = stages[build]
-        assert ("COPY", ". /src") in steps and any(w == "RUN" and "sh /src/deploy/install.sh" in r for w, r in steps)
-        final = dict((w, r) for w, r in stages[runtime])
-        copies = [r for w, r in stages[runtime] if w == "COPY"]
-        assert any(defaults["venv"] in c for c in copies) and any(defaults["cache"] in c for c in copies)
-        assert final["USER"] == "easel" and "/healthz" in final["HEALTHCHECK"] and "EASEL_HTTP_PORT=8080" in final["ENV"]
-        assert f"EASEL_CACHE_DIR={defaults['cache']}" in final["ENV"] and final["CMD"] == '["easel", "run"]'
+    assert ("ARG", "VARIANT=gpu") in stages[""]
+    assert stages["build"][0] == ("FROM", "base-${VARIANT}") and stages["runtime"][0] == ("FROM", "base-${VARIANT}")
+    build = stages["build"]
+    assert ("COPY", ". /src") in build and any(w == "RUN" and "sh /src/deploy/install.sh" in r for w, r in build)
+    runtime = dict(stages["runtime"])
+    copies = [r for w, r in stages["runtime"] if w == "COPY"]
+    assert any(f"--from=build {defaults['venv']}" in c for c in copies)
+    assert any(f"--from=build --chown=easel:easel {defaults['cache']}" in c for c in copies)
+    assert runtime["USER"] == "easel" and "/healthz" in runtime["HEALTHCHECK"] and "EASEL_HTTP_PORT=8080" in runtime["ENV"]
+    assert f"EASEL_CACHE_DIR={defaults['cache']}" in runtime["ENV"] and runtime["CMD"] == '["easel", "run"]'
+    assert "python3" in dict(stages["base-gpu"])["RUN"]
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignored and "deploy/.env" in ignored
 

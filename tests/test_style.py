@@ -14,13 +14,10 @@ from torch.nn import functional as F
 
 from conftest import photo_array
 from models import weights
-from models.samples import painting
+from models.samples import PHOTOS, painting
 from models.style.arbitrary import StylePredictor, StyleTransformer
 from models.style.layers import reflect_conv2d
 from models.style.presets import PresetStyleNet, parse_presets
-
-PHOTOS = ("cat", "coffee", "astronaut")
-
 
 def strip_activation_quantization(model_bytes: bytes) -> bytes:
     """The same graph with every activation QuantizeLinear/DequantizeLinear made an Identity.

@@ -38,7 +38,8 @@ class Info(commands.Cog):
         st = self.bot.pool.status()
         devices = ", ".join(f"{d['name']} ({d['device']}, {'busy' if d['busy'] else 'idle'}; models: {', '.join(d['models']) or 'none yet'})"
                             for d in st["devices"])
-        text = (f"**Queue:** {st['queued']} waiting, {st['running']} running (room for {st['max_queue']})\n"
+        text = (f"**Requests:** {self.bot.runner.limiter.in_flight()} being handled\n"
+                f"**Queue:** {st['queued']} waiting, {st['running']} running (room for {st['max_queue']})\n"
                 f"**Devices:** {devices}\n**Latency:** gateway {self.bot.latency * 1000:.0f} ms")
         await interaction.response.send_message(text, ephemeral=True)
 
