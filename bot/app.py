@@ -24,6 +24,8 @@ from models.pool import InferencePool, PoolConfig
 
 log = logging.getLogger("easel")
 
+REPLY_GRACE_S = 30  # after the jobs: time for the last results and apologies to upload
+
 EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", "bot.commands.info")
 
 
@@ -45,7 +47,7 @@ class EaselBot(commands.Bot):
         self.settings = settings
         self.pool = pool or InferencePool(pool_config(settings))
         self.metrics = Metrics()
-        self.runner: Runner
+        self.runner: Runner | None = None  # made in setup_hook, once there is an HTTP session
         self.session: aiohttp.ClientSession | None = None
         self.health: health.HealthServer | None = None
 
@@ -92,8 +94,11 @@ class EaselBot(commands.Bot):
         await send_error(interaction, "Sorry, something went wrong on my side.")
 
     async def close(self) -> None:
-        """Stop taking work, let jobs in flight finish (or cancel them at the deadline), then disconnect."""
+        """Stop taking work, let jobs in flight finish (or cancel them at the deadline), let their
+        replies go out, then disconnect: the HTTP session must outlive the last upload."""
         await self.pool.close(self.settings.shutdown_grace_s)
+        if self.runner is not None:
+            await self.runner.drain(timeout=REPLY_GRACE_S)
         await super().close()
         if self.health is not None:
             await self.health.stop()

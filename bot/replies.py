@@ -91,5 +91,5 @@ async def send_error(interaction: discord.Interaction, text: str) -> None:
             return
         await interaction.delete_original_response()
         await interaction.followup.send(text, ephemeral=True)
-    except discord.HTTPException as error:  # token expired or Discord down: nothing more we can tell them
-        log.warning("could not deliver an error message (%s): %s", error, text)
+    except Exception as error:  # token expired, Discord down, or shutting down: nothing more we can tell them
+        log.warning("could not deliver an error message (%r): %s", error, text)

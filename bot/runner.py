@@ -8,6 +8,7 @@ short reference id that the person is given, and the bot carries on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -55,6 +56,12 @@ class Runner:
     def __init__(self, pool: InferencePool, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.pool, self.settings, self.session, self.metrics = pool, settings, session, metrics
         self.limiter = Limiter(settings.cooldown_s, settings.max_jobs_per_user, settings.max_jobs_per_guild)
+        self.active: set[asyncio.Task[None]] = set()  # commands being handled, replies included
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for commands in flight to send their replies (before the HTTP session closes)."""
+        if self.active:
+            await asyncio.wait(set(self.active), timeout=timeout)
 
     def _precheck(self, request: Request) -> None:
         """Checks that need no download, so a wrong file is refused before we even defer."""
@@ -66,6 +73,15 @@ class Runner:
                                     f"the limit is {self.settings.download_limit_mb:.0f} MB.")
 
     async def handle(self, interaction: discord.Interaction, request: Request) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.active.add(task)
+        try:
+            await self._handle(interaction, request)
+        finally:
+            self.active.discard(task)
+
+    async def _handle(self, interaction: discord.Interaction, request: Request) -> None:
         started = time.monotonic()
         user, guild = interaction.user.id, interaction.guild_id
         outcome, info = "ok", {}

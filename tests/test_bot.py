@@ -294,6 +294,22 @@ def _blocking(prepare, gate: asyncio.Event):
     return held
 
 
+async def test_shutdown_waits_for_the_last_reply_to_upload():
+    """The pool finishing a job is not the end: its result must reach Discord before the session closes."""
+    emulator = DiscordEmulator()
+    await emulator.start()
+    bot, running = await start_bot(emulator, sandbox_settings(emulator))
+    emulator.upload_delay_s = 2.0
+    record = await emulator.invoke("dream", {"count": 1, "seed": 5})
+    await record.wait(lambda r: r.callback_type is not None, timeout=30)
+    while not emulator.uploads_in_flight:
+        await asyncio.sleep(0.01)  # the job is done and its reply is on the (slow) way
+    await bot.close()
+    await running
+    await emulator.stop()
+    assert record.files and "seed **5**" in record.content
+
+
 async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
     """The real `python -m bot` process: SIGTERM mid-job still delivers that job, refuses new ones politely."""
     import os
@@ -306,11 +322,17 @@ async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
            "EASEL_ATTACHMENT_HOSTS": emulator.cdn_host, "EASEL_DEVICE": "cpu", "EASEL_COOLDOWN_S": "0",
            "EASEL_SHUTDOWN_GRACE_S": "120", "EASEL_LOG_LEVEL": "WARNING"}
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=tmp_path, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output = bytearray()
+
+    async def drain() -> None:  # a full pipe would block the bot on its next log line
+        while chunk := await process.stdout.read(65536):
+            output.extend(chunk)
+    draining = asyncio.create_task(drain())
     try:
         ready, exited = asyncio.create_task(emulator.identified.wait()), asyncio.create_task(process.wait())
         await asyncio.wait([ready, exited], timeout=180, return_when=asyncio.FIRST_COMPLETED)
-        assert ready.done(), (await process.stderr.read()).decode()[-2000:]
+        assert ready.done(), output.decode()[-2000:]
         big = Image.open(io.BytesIO(samples.photo("astronaut"))).convert("RGB").resize((1024, 1024))
         record = await emulator.invoke("fix", {"photo": Upload("big.png", png_bytes(big))})
         await record.wait(lambda r: any("Restoring" in text for _, text in r.edits), timeout=60)
@@ -322,9 +344,12 @@ async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
         await record.wait(timeout=180)
         assert record.files and image_of(record, "fixed.png").size == (1024, 1024)
         assert await asyncio.wait_for(process.wait(), 60) == 0
-        stderr = (await process.stderr.read()).decode()
-        assert "Traceback" not in stderr, stderr
+        await draining
+        assert "Traceback" not in output.decode(), output.decode()[-3000:]
+    except (AssertionError, TimeoutError) as failure:
+        raise AssertionError(f"{failure}\n--- the bot's output ---\n{output.decode()[-4000:]}") from failure
     finally:
         if process.returncode is None:
             process.kill()
+        draining.cancel()
         await emulator.stop()

@@ -134,6 +134,8 @@ class DiscordEmulator:
         self.records: dict[str, Record] = {}  # by interaction token
         self.cdn: dict[str, Upload] = {}
         self.cdn_delay_s = 0.0
+        self.upload_delay_s = 0.0  # a slow link: uploads of result files take this long
+        self.uploads_in_flight = 0
         self.session_id: str | None = None
         self.sequence = 0
         self.events: list[dict[str, Any]] = []  # dispatches of this session, for RESUME replay
@@ -311,6 +313,10 @@ class DiscordEmulator:
         record = self._record(request.match_info["token"])
         if record is None or record.original is None or record.deleted:
             return json_response({"message": "Unknown Message", "code": 10008}, 404)
+        if request.content_type.startswith("multipart/") and self.upload_delay_s:
+            self.uploads_in_flight += 1  # the body is still on its way over a slow link
+            await asyncio.sleep(self.upload_delay_s)
+            self.uploads_in_flight -= 1
         body, files = await self._body(request)
         message = dict(record.original)
         message["flags"] = message["flags"] & ~LOADING
