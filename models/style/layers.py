@@ -53,7 +53,10 @@ def reflect_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     far_h, far_w = (h - k + pad) // stride + 1, (w - k + pad) // stride + 1  # first ones that reach past the end
 
     def border(slab: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
-        return F.conv2d(F.pad(slab, pads, mode="reflect"), weight, bias, stride)
+        # Thin slabs run in the weights' own precision: under bf16 autocast, oneDNN's AMX kernels
+        # return NaN for some of these shapes (seen: a 130x3 channels-last slab at stride 2).
+        with torch.autocast(slab.device.type, enabled=False):
+            return F.conv2d(F.pad(slab.to(weight.dtype), pads, mode="reflect"), weight, bias, stride)
 
     span = max((near - 1) * stride + k - pad, pad + 1)  # input rows/cols the leading border outputs read
     out[..., :near, :] = border(x[..., :span, :], (pad, pad, pad, 0))[..., :near, :]
