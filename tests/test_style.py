@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import platform
 
 import numpy as np
 import onnx
@@ -16,8 +17,13 @@ from conftest import photo_array
 from models import weights
 from models.samples import PHOTOS, painting
 from models.style.arbitrary import StylePredictor, StyleTransformer
+from models.style.convert import Graph
 from models.style.layers import reflect_conv2d
 from models.style.presets import PresetStyleNet, parse_presets
+from style_int8 import Int8StylePredictor, Int8StyleTransformer, one_thread
+
+ARBITRARY_PAIRS = [("cat", "coffee"), ("coffee", "astronaut"), ("astronaut", "painting")]  # (content, style)
+
 
 def strip_activation_quantization(model_bytes: bytes) -> bytes:
     """The same graph with every activation QuantizeLinear/DequantizeLinear made an Identity.
@@ -37,8 +43,9 @@ def strip_activation_quantization(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def session(model_bytes: bytes, optimise: bool = True) -> onnxruntime.InferenceSession:
+def session(model_bytes: bytes, optimise: bool = True, threads: int = 0) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default, a thread per core
     if not optimise:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
@@ -52,13 +59,27 @@ def square(array: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(image, np.float32)[None] / 255
 
 
+def style_rgb(name: str) -> np.ndarray:
+    """A sample photo, or the generated painting."""
+    return np.asarray(Image.open(io.BytesIO(painting())).convert("RGB")) if name == "painting" else photo_array(name)
+
+
+def load_arbitrary(predictor: StylePredictor, transformer: StyleTransformer) -> tuple[StylePredictor, StyleTransformer]:
+    state = weights.load("style-arbitrary")
+    for prefix, module in (("predictor.", predictor), ("transformer.", transformer)):
+        module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+    return predictor.eval(), transformer.eval()
+
+
 @pytest.fixture(scope="module")
 def arbitrary(real_weights):
-    state = weights.load("style-arbitrary")
-    predictor, transformer = StylePredictor().eval(), StyleTransformer().eval()
-    predictor.load_state_dict({k.removeprefix("predictor."): v for k, v in state.items() if k.startswith("predictor.")})
-    transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")})
-    return predictor, transformer
+    return load_arbitrary(StylePredictor(), StyleTransformer())
+
+
+@pytest.fixture(scope="module")
+def arbitrary_int8(real_weights):
+    predict_onnx, transform_onnx = weights.wheel_members(weights.REGISTRY["style-arbitrary"])
+    return load_arbitrary(Int8StylePredictor(Graph(predict_onnx)), Int8StyleTransformer(Graph(transform_onnx)))
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +111,12 @@ def test_presets_match_the_original_onnx(presets, content, spec):
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("content, style", [("cat", "coffee"), ("coffee", "astronaut"), ("astronaut", "painting")])
+@pytest.mark.parametrize("content, style", ARBITRARY_PAIRS)
 def test_arbitrary_conversion_is_exact(arbitrary, content, style):
     """Against the original files with only the activation fake-quantisation removed: equal to float rounding."""
     predictor, transformer = arbitrary
     predict_onnx, transform_onnx = weights.wheel_members(weights.REGISTRY["style-arbitrary"])
-    style_rgb = np.asarray(Image.open(io.BytesIO(painting())).convert("RGB")) if style == "painting" else photo_array(style)
-    style_array = square(style_rgb, 256)
+    style_array = square(style_rgb(style), 256)
     content_array = square(photo_array(content), 384)
     vector = session(strip_activation_quantization(predict_onnx), optimise=False).run(None, {"style_image": style_array})[0]
     assert np.abs(predictor(nchw(style_array)).numpy() - vector.reshape(1, 100)).max() <= 1e-4
@@ -104,6 +124,40 @@ def test_arbitrary_conversion_is_exact(arbitrary, content, style):
         None, {"content_image": content_array, "mobilenet_conv/Conv/BiasAdd": vector})[0]
     ours = nhwc(transformer(nchw(content_array), torch.from_numpy(vector.reshape(1, 100)))).numpy()
     assert np.abs(ours - expected).max() <= 1e-4
+
+
+def run_original_arbitrary(content: str, style: str, optimise: bool, threads: int = 0) -> np.ndarray:
+    """onnxruntime on the unmodified int8 files at their own sizes: NHWC output in 0..1."""
+    predict_onnx, transform_onnx = weights.wheel_members(weights.REGISTRY["style-arbitrary"])
+    vector = session(predict_onnx, optimise, threads).run(None, {"style_image": square(style_rgb(style), 256)})[0]
+    feeds = {"content_image": square(photo_array(content), 384), "mobilenet_conv/Conv/BiasAdd": vector}
+    return session(transform_onnx, optimise, threads).run(None, feeds)[0]
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="follows MLAS's x86-64 kernels")
+@torch.inference_mode()
+@pytest.mark.parametrize("content, style", ARBITRARY_PAIRS + [("cat", "painting")])
+def test_arbitrary_int8_emulation_matches_the_original_onnx(arbitrary_int8, content, style):
+    """The issue's parity bar for the arbitrary-style pair, which our float port misses (mean 0.021-0.038
+    on these pairs): our converted weights through the int8 graphs' activation quantisation
+    (tests/style_int8.py), style image to painted photo, against onnxruntime running the original
+    files with the ONNX spec's QDQ arithmetic (graph optimisation off; one thread, whose summation
+    order the emulation follows)."""
+    predictor, transformer = arbitrary_int8
+    expected = run_original_arbitrary(content, style, optimise=False, threads=1)
+    with one_thread():
+        ours = nhwc(transformer(nchw(square(photo_array(content), 384)), predictor(nchw(square(style_rgb(style), 256)))))
+    diff = np.abs(ours.numpy() - expected)
+    assert diff.mean() <= 0.02
+    assert diff.max() == 0  # measured bit-exact on every pair (onnxruntime 1.32)
+
+
+def test_onnxruntime_optimised_int8_graph_is_not_the_reference(real_weights):
+    """Why the parity test turns onnxruntime's graph optimisation off: by default it fuses each QDQ
+    group into integer kernels that requantise in their own arithmetic, which moves the painted
+    photo by as much as our float port is off (measured mean 0.018-0.041 on the sample pairs)."""
+    optimised, reference = (run_original_arbitrary("astronaut", "painting", optimise) for optimise in (True, False))
+    assert np.abs(optimised - reference).mean() >= 0.01
 
 
 @torch.inference_mode()

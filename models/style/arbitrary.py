@@ -27,12 +27,16 @@ MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 
 class SameConv(nn.Conv2d):
     """Conv with TensorFlow's 'SAME' padding: for stride 2 the extra pixel goes bottom/right."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def same_pads(self, x: torch.Tensor) -> list[int]:
+        """F.pad's (left, right, top, bottom) for `x`."""
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, 1, self.groups)
+        return pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.same_pads(x)), self.weight, self.bias, self.stride, 0, 1, self.groups)
 
 
 class InvertedResidual(nn.Module):
