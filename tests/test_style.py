@@ -221,7 +221,7 @@ def test_parse_presets(spec, index):
     assert {i: round(float(w), 3) for i, w in enumerate(weights_) if w} == index
 
 
-@pytest.mark.parametrize("spec", ["26", "-1", "a", "3:-1", "0:0", ""])
+@pytest.mark.parametrize("spec", ["26", "-1", "a", "3:-1", "0:0", "", "3:inf", "3:nan", "3:1,4:inf"])
 def test_parse_presets_rejects_nonsense(spec):
     with pytest.raises(ValueError):
         parse_presets(spec)

@@ -6,6 +6,8 @@ norm; a blend of presets is a convex combination of those rows.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -80,7 +82,7 @@ def parse_presets(spec: object) -> torch.Tensor:
     try:
         for index, weight in pairs:
             i, w = int(index), float(weight) if weight not in ("", None) else 1.0
-            if not 0 <= i < NUM_PRESETS or w < 0:
+            if not 0 <= i < NUM_PRESETS or not 0 <= w < math.inf:  # also refuses nan
                 raise ValueError
             weights[i] += w
     except (TypeError, ValueError):
