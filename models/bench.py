@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import io
 import json
 import os
@@ -221,8 +222,13 @@ def main(args: argparse.Namespace) -> None:
     }
     pool_rows = [] if args.skip_pool else asyncio.run(bench_pool(scenarios, concurrencies, args.jobs_per_client,
                                                                   args.device, args.max_batch))
-    ort_rows = [] if args.skip_onnxruntime else bench_onnxruntime(args.repeat)
-    report.update(pool=pool_rows, onnxruntime=ort_rows, summary=summarize(pool_rows, ort_rows))
+    ort_rows = []
+    if not args.skip_onnxruntime and importlib.util.find_spec("onnxruntime") is None:
+        report["onnxruntime"] = "skipped: onnxruntime is not installed (pip install onnxruntime, or '.[test]')"
+    elif not args.skip_onnxruntime:
+        ort_rows = bench_onnxruntime(args.repeat)
+    report.setdefault("onnxruntime", ort_rows)
+    report.update(pool=pool_rows, summary=summarize(pool_rows, ort_rows))
     print(json.dumps(report, indent=2))
 
 
