@@ -20,7 +20,7 @@ from bot.replies import send_error
 from bot.runner import Runner
 from bot.settings import Settings
 from models.images import Limits
-from models.pool import InferencePool, PoolConfig
+from models.pool import InferencePool, PoolConfig, resolve_devices
 
 log = logging.getLogger("easel")
 
@@ -107,7 +107,11 @@ class EaselBot(commands.Bot):
 
 
 async def run(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then shut down within the grace period."""
+    """Run until SIGINT or SIGTERM, then shut down within the grace period.
+
+    A device that is not there fails here, before connecting to Discord (DeviceError).
+    """
+    resolve_devices(settings.device)
     bot = EaselBot(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

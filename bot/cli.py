@@ -15,6 +15,7 @@ NO_TOKEN = ("Set DISCORD_TOKEN to your bot's token (Discord Developer Portal -> 
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    import aiohttp
     import discord
 
     from bot.app import run
@@ -28,11 +29,19 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise SystemExit(f"easel: {error}") from None
     if not settings.token:
         raise SystemExit(f"easel: {NO_TOKEN}")
-    discord.utils.setup_logging(level=getattr(logging, settings.log_level.upper(), logging.INFO), root=True)
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    discord.utils.setup_logging(level=level, root=True)
+    # discord.py's DEBUG lines carry gateway payloads and REST URLs: interaction tokens, signed attachment URLs.
+    logging.getLogger("discord").setLevel(max(level, logging.INFO))
     try:
         asyncio.run(run(settings))
     except discord.LoginFailure:
         raise SystemExit("easel: Discord rejected DISCORD_TOKEN; copy it again from the Developer Portal (Bot -> Reset Token).") from None
+    except aiohttp.ClientError as error:
+        raise SystemExit(f"easel: Could not reach Discord at {settings.discord_api_base} ({error}); "
+                         "check the network and EASEL_DISCORD_API_BASE.") from None
+    except OSError as error:  # e.g. EASEL_HTTP_PORT already taken
+        raise SystemExit(f"easel: Could not start: {error}.") from None
     except (DeviceError, WeightsError) as error:
         raise SystemExit(f"easel: {error}") from None
 

@@ -13,7 +13,7 @@ class Metrics:
         r = self.registry
         self.commands = Counter("easel_commands", "Commands handled, by name and outcome", ["command", "outcome"], registry=r)
         self.errors = Counter("easel_errors", "Commands that did not succeed, by kind", ["kind"], registry=r)
-        self.model_seconds = Histogram("easel_model_seconds", "Time on the device per job, including its batch",
+        self.model_seconds = Histogram("easel_model_seconds", "Time the network ran for the batch a job was in",
                                        ["task"], registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
         self.batch_size = Histogram("easel_batch_size", "Jobs in the batch a job ran in", ["task"], registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32))

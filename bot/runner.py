@@ -97,7 +97,7 @@ class Runner:
             result = await self._run(interaction, request)
             info = dict(result.info)
             await replies.send_result(interaction, result, request.describe(result), request.view(result))
-        except (UserError, BusyError, JobTimeout) as error:
+        except (UserError, BusyError, JobTimeout, ResourceError) as error:
             outcome = _kind(error)
             await replies.send_error(interaction, str(error))
         except Exception:
@@ -133,12 +133,12 @@ class Runner:
         self.metrics.commands.labels(request.command, outcome).inc()
         if outcome not in ("ok", "limited"):
             self.metrics.errors.labels(outcome).inc()
-        if "run_s" in info:
-            self.metrics.model_seconds.labels(request.task).observe(info["run_s"])
+        if "model_s" in info:
+            self.metrics.model_seconds.labels(request.task).observe(info["model_s"])
             self.metrics.batch_size.labels(request.task).observe(info.get("batch", 1))
         log.info("command=%s user=%s guild=%s options=%s outcome=%s queue_s=%s model_s=%s total_s=%.2f",
                  request.command, user, guild, dict(request.options), outcome, info.get("queue_s", "-"),
-                 info.get("run_s", "-"), seconds)
+                 info.get("model_s", "-"), seconds)
 
 
 def _kind(error: Exception) -> str:

@@ -194,7 +194,7 @@ class InferencePool:
         self._workers: list[_Worker] = []
         self._loops: list[asyncio.Task[None]] = []
         self._running: set[_Ticket] = set()
-        self._cpu: ThreadPoolExecutor  # decoding and encoding, shared by the device workers
+        self._cpu: ThreadPoolExecutor | None = None  # decoding and encoding, shared by the device workers
         self._closing = False
         self._last_submit = float("-inf")
         self._seconds_per_cost: dict[str, float] = {}
@@ -243,7 +243,8 @@ class InferencePool:
             loop_task.cancel()
         for worker in self._workers:
             worker.executor.shutdown(wait=False, cancel_futures=True)
-        self._cpu.shutdown(wait=False, cancel_futures=True)
+        if self._cpu is not None:  # None when start() never ran or failed before it
+            self._cpu.shutdown(wait=False, cancel_futures=True)
         self.started = False
 
     # -- submitting ------------------------------------------------------------------
@@ -380,7 +381,7 @@ class InferencePool:
 
         def finish(ticket: _Ticket, item: Any, output: Any) -> Result:
             result = task.finish(ticket.job, item, output)
-            timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3),
+            timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3), "model_s": round(model_s, 3),
                        "run_s": round(time.monotonic() - ticket.started_at, 3), "batch": len(live), "device": worker.name()}
             return Result(result.files, {**result.info, **timings})
 
@@ -394,6 +395,7 @@ class InferencePool:
                 items.append(item)
         if not live:
             return
+        started = time.perf_counter()
         try:
             with torch.inference_mode():
                 outputs = worker.run_batch(task, items, worker.context(progress))
@@ -401,6 +403,7 @@ class InferencePool:
             for ticket in live:
                 self._fail(task, ticket, error, deliver)
             return
+        model_s = time.perf_counter() - started  # the network alone, for the whole batch
         done = [(t, item, out) for t, item, out in zip(live, items, outputs) if not t.cancelled]
         for (ticket, _, _), result in self._on_cpu(done, lambda args: finish(*args)):
             if isinstance(result, BaseException):

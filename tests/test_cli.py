@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from bot.cli import main as easel
+from bot.sandbox.emulator import DiscordEmulator
 from models import samples
 from models.cli import main as models_cli
+
+UNREACHABLE = "http://127.0.0.1:9/api/v10"  # the discard port: nothing listens there
 
 
 def test_stylize_dream_and_fix_write_images(tmp_path, real_weights, capsys):
@@ -54,15 +59,44 @@ def test_mistakes_exit_2_with_one_sentence(tmp_path, argv, words, capsys, real_w
     assert words in err and err.startswith("easel: ") and "\n" not in err and "Traceback" not in err
 
 
-def test_run_without_a_token_says_what_to_set(tmp_path):
+def run_bot(tmp_path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bot` in an empty folder with only these settings; it must fail with one sentence."""
     done = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-    assert done.returncode != 0
-    assert "Set DISCORD_TOKEN" in done.stderr and "Traceback" not in done.stderr
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env})
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done
+
+
+def test_run_without_a_token_says_what_to_set(tmp_path):
+    assert "Set DISCORD_TOKEN" in run_bot(tmp_path).stderr
 
 
 def test_run_rejects_a_mistyped_setting(tmp_path):
     (tmp_path / ".env").write_text("DISCORD_TOKEN=abc\nEASEL_DEVISE=cpu\n")
-    done = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-    assert done.returncode != 0 and "Unknown setting EASEL_DEVISE" in done.stderr
+    assert "Unknown setting EASEL_DEVISE" in run_bot(tmp_path).stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the test asks for in vain")
+def test_run_on_a_gpu_that_is_not_there_stops_before_connecting(tmp_path):
+    done = run_bot(tmp_path, DISCORD_TOKEN="abc", EASEL_DEVICE="cuda", EASEL_DISCORD_API_BASE=UNREACHABLE)
+    assert "PyTorch sees no CUDA device" in done.stderr and "Could not reach" not in done.stderr
+
+
+def test_run_says_when_discord_cannot_be_reached(tmp_path):
+    done = run_bot(tmp_path, DISCORD_TOKEN="abc", EASEL_DEVICE="cpu", EASEL_DISCORD_API_BASE=UNREACHABLE)
+    assert f"Could not reach Discord at {UNREACHABLE}" in done.stderr
+
+
+async def test_run_says_when_discord_rejects_the_token(tmp_path):
+    emulator = DiscordEmulator()
+    await emulator.start()
+    try:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DISCORD_TOKEN": "not." + emulator.token,
+               "EASEL_DISCORD_API_BASE": emulator.api_base, "EASEL_DEVICE": "cpu"}
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=tmp_path, env=env,
+                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        await emulator.stop()
+    assert process.returncode != 0 and "Traceback" not in stderr.decode(), stderr.decode()[-3000:]
+    assert "Discord rejected DISCORD_TOKEN" in stderr.decode()
