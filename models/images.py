@@ -171,6 +171,12 @@ def encode(image: Image.Image, fmt: str = "auto", max_bytes: int = 10 * 2**20) -
         image = image.resize(size, Image.Resampling.LANCZOS)
 
 
+def encoded_size(data: bytes) -> tuple[int, int]:
+    """Width and height from an encoded image's header: what `encode` delivered after any downscaling."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
 def encode_animation(frames: list[Image.Image], fmt: str, frame_ms: int, max_bytes: int) -> tuple[bytes, str]:
     """Encode a looping GIF or WebP under max_bytes, downscaling the frames until it fits."""
     while True:

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import pytest_asyncio
 from PIL import Image, ImageFilter
 
@@ -124,7 +125,7 @@ async def test_dream_posts_a_reproducible_grid_with_its_seed_and_buttons(discord
     await second.wait()
     assert first.files["faces.png"] == second.files["faces.png"]
     assert image_of(first, "faces.png").size == (3 * 128 + 4 * 4, 3 * 128 + 4 * 4)  # 3x3 faces
-    assert "seed **77**" in first.content
+    assert "9 faces" in first.content and "seed **77**" in first.content
     assert first.custom_ids == ["easel:dream:reroll:77:9:70", "easel:dream:vary:77:9:70", "easel:dream:morph:77:9:70"]
 
 
@@ -175,6 +176,36 @@ async def test_bad_uploads_get_one_ephemeral_sentence_and_the_bot_carries_on(dis
     assert after.files and not bot.is_closed()
 
 
+@pytest.mark.parametrize("failure, words", [
+    (torch.OutOfMemoryError("CUDA out of memory."), "too large for this server's GPU memory"),
+    (RuntimeError("a bug of ours"), "something went wrong on my side (reference "),
+])
+async def test_failures_on_our_side_are_one_sentence_and_the_bot_carries_on(discord_sandbox, caplog, failure, words):
+    """Out of memory at every size is a sentence about size; a bug is an apology with a reference id that
+    is also in the log, next to the traceback."""
+    emulator, bot = discord_sandbox
+    dream = bot.pool.tasks["dream"]
+
+    def broken(nets, items, ctx):
+        raise failure
+    dream.run = broken  # on this instance only, undone below
+    try:
+        record = await emulator.invoke("dream", {"count": 1, "seed": 1}, user_id=8001)
+        await record.wait()
+    finally:
+        del dream.run
+    text = only_one_sentence(record)
+    assert words in text
+    if isinstance(failure, torch.OutOfMemoryError):
+        assert "reference" not in text
+    else:
+        reference = re.search(r"reference (\w+)\)", text)
+        assert reference and f"reference {reference[1]}" in caplog.text and "a bug of ours" in caplog.text
+    after = await emulator.invoke("dream", {"count": 1, "seed": 2}, user_id=8002)
+    await after.wait()
+    assert after.files
+
+
 async def test_a_burst_of_20_interactions_is_acknowledged_in_time_and_answered(discord_sandbox):
     emulator, _ = discord_sandbox
     cat, painting, coffee = photo("cat", 256), samples.painting(256), photo("coffee", 320)
@@ -222,13 +253,34 @@ async def test_a_gateway_disconnect_mid_job_still_delivers_the_result(discord_sa
     assert later.files
 
 
+async def test_the_bot_heartbeats_and_follows_a_reconnect_request(discord_sandbox):
+    emulator, _ = discord_sandbox
+    beats, resumes = emulator.heartbeats, emulator.resumes
+    await asyncio.sleep(1.6)  # the sandbox asks for a heartbeat every 0.5 s
+    assert emulator.heartbeats >= beats + 2
+    await emulator.ask_to_reconnect()
+    for _ in range(100):
+        if emulator.resumes > resumes:
+            break
+        await asyncio.sleep(0.1)
+    assert emulator.resumes == resumes + 1
+    after = await emulator.invoke("dream", {"count": 1, "seed": 4}, user_id=6003)
+    await after.wait()
+    assert after.files
+
+
 async def test_results_fit_the_upload_limit_of_the_context(discord_sandbox):
     emulator, _ = discord_sandbox
     record = await emulator.invoke("stylize", {"content": Upload("astronaut.jpg", samples.photo("astronaut"), "image/jpeg"),
                                                "preset": "3"}, attachment_size_limit=120_000, user_id=7001)
     await record.wait()
     (data,) = record.files.values()
-    assert len(data) <= 120_000 and Image.open(io.BytesIO(data)).width > 0
+    posted = Image.open(io.BytesIO(data))
+    assert len(data) <= 120_000 and f"{posted.width}×{posted.height}" in record.content  # the size actually posted
+    fixed = await emulator.invoke("fix", {"photo": Upload("coffee.jpg", samples.photo("coffee"), "image/jpeg")},
+                                  attachment_size_limit=150_000, user_id=7003)
+    await fixed.wait(timeout=180)
+    assert len(fixed.files) == 2 and sum(map(len, fixed.files.values())) <= 150_000  # one message, both files
 
 
 async def test_work_that_would_outlive_the_interaction_token_is_refused(discord_sandbox):
@@ -311,7 +363,8 @@ async def test_shutdown_waits_for_the_last_reply_to_upload():
 
 
 async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
-    """The real `python -m bot` process: SIGTERM mid-job still delivers that job, refuses new ones politely."""
+    """The real `python -m bot` process: SIGTERM mid-job still delivers that job, refuses new ones politely.
+    It logs at DEBUG, and still prints no token and no signed attachment URL."""
     import os
     import signal
     import sys
@@ -320,7 +373,7 @@ async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
     await emulator.start()
     env = {**os.environ, "DISCORD_TOKEN": emulator.token, "EASEL_DISCORD_API_BASE": emulator.api_base,
            "EASEL_ATTACHMENT_HOSTS": emulator.cdn_host, "EASEL_DEVICE": "cpu", "EASEL_COOLDOWN_S": "0",
-           "EASEL_SHUTDOWN_GRACE_S": "120", "EASEL_LOG_LEVEL": "WARNING"}
+           "EASEL_SHUTDOWN_GRACE_S": "120", "EASEL_LOG_LEVEL": "DEBUG"}
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=tmp_path, env=env,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output = bytearray()
@@ -345,7 +398,11 @@ async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
         assert record.files and image_of(record, "fixed.png").size == (1024, 1024)
         assert await asyncio.wait_for(process.wait(), 60) == 0
         await draining
-        assert "Traceback" not in output.decode(), output.decode()[-3000:]
+        log = output.decode()
+        assert "Traceback" not in log, log[-3000:]
+        assert "command=fix" in log  # the log is there ...
+        for secret in (emulator.token, record.token, late.token, "/attachments/", "hm="):  # ... its secrets are not
+            assert secret not in log, secret
     except (AssertionError, TimeoutError) as failure:
         raise AssertionError(f"{failure}\n--- the bot's output ---\n{output.decode()[-4000:]}") from failure
     finally:

@@ -249,7 +249,10 @@ class DiscordEmulator:
 
     def _attachment(self, filename: str, data: bytes) -> dict[str, Any]:
         attachment_id = snowflake()
-        url = f"http://{self.cdn_host}/attachments/{self.channel_id}/{attachment_id}/{filename}"
+        # Discord's CDN links are signed: expiry, issue time and an HMAC, which grant access to the file.
+        expires, issued = int(time.time()) + 86_400, int(time.time())
+        url = (f"http://{self.cdn_host}/attachments/{self.channel_id}/{attachment_id}/{filename}"
+               f"?ex={expires:x}&is={issued:x}&hm={secrets.token_hex(32)}&")
         self.cdn[str(attachment_id)] = Upload(filename, data, _content_type(filename))
         meta: dict[str, Any] = {"id": str(attachment_id), "filename": filename, "size": len(data), "url": url,
                                 "proxy_url": url, "content_type": _content_type(filename)}
@@ -420,6 +423,11 @@ class DiscordEmulator:
         for ws in list(self.sockets):
             await self._send(ws, event)
 
+    async def ask_to_reconnect(self) -> None:
+        """Op 7, as Discord sends before moving a session: the client reconnects and resumes."""
+        for ws in list(self.sockets):
+            await self._send(ws, {"op": 7, "d": None})
+
     async def drop_gateway(self, code: int = 4000) -> None:
         """Close the bot's gateway connection as Discord does on a hiccup; 4000 is resumable."""
         for ws in list(self.sockets):
@@ -480,7 +488,9 @@ class DiscordEmulator:
             option: dict[str, Any] = {"name": key, "type": declared[key]}
             if declared[key] == ATTACHMENT_OPTION:
                 meta = self._attachment(value.filename, value.data)
-                meta["content_type"] = value.content_type
+                meta.pop("content_type")
+                if value.content_type is not None:  # Discord omits the field when it cannot tell
+                    meta["content_type"] = value.content_type
                 if value.declared_size is not None:
                     meta["size"] = value.declared_size
                 self.cdn[meta["id"]] = value
@@ -503,7 +513,7 @@ class DiscordEmulator:
         await self.identified.wait()
         command = self.commands[name]
         opts, resolved = self._options(name, options or {})
-        data = {"id": command["id"], "name": name, "type": 1, "options": opts, "guild_id": str(self.guild_id)}
+        data = {"id": command["id"], "name": name, "type": 1, "options": opts, **_guild_of(command)}
         if resolved:
             data["resolved"] = resolved
         record = self._interaction(2, data, user_id, None, attachment_size_limit, age_s)
@@ -513,7 +523,7 @@ class DiscordEmulator:
     async def autocomplete(self, name: str, options: Mapping[str, Any], focused: str, *, user_id: int = 1001) -> list[dict[str, Any]]:
         command = self.commands[name]
         opts, _ = self._options(name, options, focused)
-        data = {"id": command["id"], "name": name, "type": 1, "options": opts, "guild_id": str(self.guild_id)}
+        data = {"id": command["id"], "name": name, "type": 1, "options": opts, **_guild_of(command)}
         record = self._interaction(4, data, user_id, None, None)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         await record.wait(lambda r: r.choices is not None, timeout=10)
@@ -527,6 +537,11 @@ class DiscordEmulator:
         record = self._interaction(3, data, user_id, on.original, None)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
+
+
+def _guild_of(command: Mapping[str, Any]) -> dict[str, Any]:
+    """An interaction's data names the guild only when the command was registered to that guild."""
+    return {"guild_id": command["guild_id"]} if "guild_id" in command else {}
 
 
 def _user_of(payload: Mapping[str, Any]) -> dict[str, Any]:

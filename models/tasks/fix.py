@@ -86,9 +86,11 @@ class Fix(Task):
     def finish(self, job: Job, item: Item, output: torch.Tensor) -> Result:
         restored = item.photo + item.strength * (output - item.photo)
         before, after = to_image(item.photo), to_image(restored)
-        data, ext = images.encode(after, job.format, job.max_bytes)
-        compare, cext = images.encode(compare_view(before, after), "png", job.max_bytes)
-        info = {"width": after.width, "height": after.height, "strength": item.strength}
+        # Both files go in one message: the small comparison first, the photo gets the rest of the budget.
+        compare, cext = images.encode(compare_view(before, after), "png", job.max_bytes // 4)
+        data, ext = images.encode(after, job.format, job.max_bytes - len(compare))
+        width, height = images.encoded_size(data)
+        info = {"width": width, "height": height, "strength": item.strength}
         return Result((File(f"fixed.{ext}", data), File(f"before-after.{cext}", compare)), info)
 
     def warmup_jobs(self) -> list[Job]:

@@ -123,7 +123,8 @@ class Stylize(Task):
         if item.preserve_colors:
             result = preserve_colors(result, original)
         data, ext = images.encode(result, job.format, job.max_bytes)
-        info: dict[str, Any] = {"width": result.width, "height": result.height, "strength": item.strength,
+        width, height = images.encoded_size(data)
+        info: dict[str, Any] = {"width": width, "height": height, "strength": item.strength,
                                 "preserve_colors": item.preserve_colors}
         if item.presets is not None:
             info["presets"] = {i: round(float(w), 3) for i, w in enumerate(item.presets) if w > 0}
