@@ -12,9 +12,10 @@ if TYPE_CHECKING:
 
 
 def health(bot: EaselBot) -> dict[str, Any]:
-    """Healthy when the gateway is connected, the pool runs, and every enabled model is loaded."""
+    """Healthy when the gateway is connected, the pool runs, and every enabled model is loaded
+    (with EASEL_PRELOAD=false models load on first use, so their absence is no fault)."""
     status = bot.pool.status()
-    wanted = set(bot.pool.tasks)
+    wanted = set(bot.pool.tasks) if bot.pool.config.preload else set()
     loaded = [sorted(d["models"]) for d in status["devices"]]
     checks = {
         "gateway_connected": bool(bot.ws is not None and bot.ws.open and bot.is_ready()),
