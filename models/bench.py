@@ -224,11 +224,10 @@ def main(args: argparse.Namespace) -> None:
                                                                   args.device, args.max_batch))
     ort_rows = []
     if not args.skip_onnxruntime and importlib.util.find_spec("onnxruntime") is None:
-        report["onnxruntime"] = "skipped: onnxruntime is not installed (pip install onnxruntime, or '.[test]')"
+        report["onnxruntime_skipped"] = "onnxruntime is not installed (pip install onnxruntime, or '.[test]')"
     elif not args.skip_onnxruntime:
         ort_rows = bench_onnxruntime(args.repeat)
-    report.setdefault("onnxruntime", ort_rows)
-    report.update(pool=pool_rows, summary=summarize(pool_rows, ort_rows))
+    report.update(pool=pool_rows, onnxruntime=ort_rows, summary=summarize(pool_rows, ort_rows))
     print(json.dumps(report, indent=2))
 
 
