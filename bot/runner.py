@@ -127,6 +127,10 @@ class Runner:
         finally:
             await progress.stop()
 
+    def answered_at_once(self, interaction: discord.Interaction, command: str, outcome: str = "ok") -> None:
+        """The log line and metrics of a command answered without the pool (/help, /status, a refused option)."""
+        self._record(Request(command, "", {}), interaction.user.id, interaction.guild_id, outcome, time.monotonic(), {})
+
     def _record(self, request: Request, user: int, guild: int | None, outcome: str, started: float, info: dict) -> None:
         """One log line and the metrics for a finished command (never the token, never attachment URLs)."""
         seconds = time.monotonic() - started

@@ -44,14 +44,16 @@ async def test_health_metrics_and_logs(real_weights, caplog):
 
             good = await emulator.invoke("dream", {"count": 2, "seed": 4})
             bad = await emulator.invoke("fix", {"photo": Upload("notes.png", b"not an image at all", "image/png")}, user_id=2)
-            await good.wait()
-            await bad.wait()
+            helped = await emulator.invoke("help", user_id=3)
+            for record in (good, bad, helped):
+                await record.wait()
             async with http.get(f"{base}/metrics") as response:
                 assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
                 metrics = await response.text()
             for line in ('easel_commands_total{command="dream",outcome="ok"} 1.0',
                          'easel_commands_total{command="fix",outcome="bad_upload"} 1.0',
                          'easel_errors_total{kind="bad_upload"} 1.0',
+                         'easel_commands_total{command="help",outcome="ok"} 1.0',
                          'easel_model_seconds_count{task="dream"} 1.0',
                          'easel_batch_size_count{task="dream"} 1.0',
                          "easel_download_bytes_count 1.0",
@@ -69,6 +71,7 @@ async def test_health_metrics_and_logs(real_weights, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "easel.commands"]
     assert any("command=dream" in l and "user=1001" in l and f"guild={emulator.guild_id}" in l and "outcome=ok" in l
                and "queue_s=" in l and "model_s=" in l for l in lines), lines
+    assert any("command=help" in l and "user=3" in l and "outcome=ok" in l for l in lines), lines
     everything = "\n".join(r.getMessage() for r in caplog.records)
     assert emulator.token not in everything
     assert "/attachments/" not in everything  # no attachment URLs (their query strings are credentials on Discord)

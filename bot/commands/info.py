@@ -32,6 +32,7 @@ class Info(commands.Cog):
             f"{s.cooldown_s:g} s between requests."
         )
         await interaction.response.send_message(text, ephemeral=True)
+        self.bot.runner.answered_at_once(interaction, "help")
 
     @app_commands.command(name="status", description="Queue length, devices and models")
     async def status(self, interaction: discord.Interaction) -> None:
@@ -42,6 +43,7 @@ class Info(commands.Cog):
                 f"**Queue:** {st['queued']} waiting, {st['running']} running (room for {st['max_queue']})\n"
                 f"**Devices:** {devices}\n**Latency:** gateway {self.bot.latency * 1000:.0f} ms")
         await interaction.response.send_message(text, ephemeral=True)
+        self.bot.runner.answered_at_once(interaction, "status")
 
 
 async def setup(bot: EaselBot) -> None:

@@ -64,6 +64,7 @@ class Stylize(commands.Cog):
     ) -> None:
         if (style is None) == (preset is None):
             await send_error(interaction, "Attach a style image or choose a preset (one of the two).")
+            self.bot.runner.answered_at_once(interaction, "stylize", "bad_input")
             return
         options: dict[str, object] = {"strength": strength, "max_side": size, "preserve_colors": preserve_colors}
         uploads = {"content": content}
