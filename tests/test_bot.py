@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import pytest_asyncio
+import torch
 from PIL import Image, ImageFilter
 
 from bot.sandbox.demo import start_bot
