@@ -135,6 +135,21 @@ async def test_a_full_queue_refuses_at_once():
     await pool.close()
 
 
+async def test_a_job_the_queue_could_not_finish_in_time_is_refused_up_front():
+    """Once the pool has measured a job's cost, it refuses work whose wait would outlast the caller's
+    deadline (the interaction token) instead of computing it for nobody."""
+    task = Echo(delay=0.3)
+    pool = await started(task, max_batch=1, batch_wait_s=0)
+    await pool.submit(echo(1))  # measures about 0.3 s per job
+    ahead = [asyncio.create_task(pool.submit(echo(v))) for v in range(2, 6)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(BusyError, match="longer than I can keep your request open"):
+        await pool.submit(echo(9), timeout=0.5)  # four jobs ahead: about 1.5 s
+    assert all(9 not in batch for batch in task.batches)  # never computed
+    assert len(await asyncio.gather(*ahead)) == 4
+    await pool.close()
+
+
 async def test_a_timed_out_job_is_dropped_before_it_is_computed():
     task = Echo(delay=0.4)
     pool = await started(task, max_batch=1, batch_wait_s=0)
