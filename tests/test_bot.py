@@ -48,6 +48,15 @@ def image_of(record: Record, name: str) -> Image.Image:
     return Image.open(io.BytesIO(record.files[name]))
 
 
+def same_picture(a: Image.Image, b: Image.Image) -> bool:
+    """Equal up to float rounding that reaches the 8-bit file. The two requests may run in one batch
+    or in two, and oneDNN's kernels (summation orders) differ per batch size and CPU: a face within
+    half a level can round to the neighbouring level, which the 2x Lanczos upscale (weights summing
+    to at most 1.3 in magnitude) turns into at most 2 levels. Another seed differs by tens of levels."""
+    diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+    return a.size == b.size and int(diff.max()) <= 2 and float(diff.mean()) <= 0.05
+
+
 def photo(name: str, size: int | None = None) -> bytes:
     image = Image.open(io.BytesIO(samples.photo(name))).convert("RGB")
     if size:
@@ -123,7 +132,7 @@ async def test_dream_posts_a_reproducible_grid_with_its_seed_and_buttons(discord
     second = await emulator.invoke("dream", {"count": 9, "seed": 77, "truncation": 0.7}, user_id=1002)
     await first.wait()
     await second.wait()
-    assert first.files["faces.png"] == second.files["faces.png"]
+    assert same_picture(image_of(first, "faces.png"), image_of(second, "faces.png"))
     assert image_of(first, "faces.png").size == (3 * 128 + 4 * 4, 3 * 128 + 4 * 4)  # 3x3 faces
     assert "9 faces" in first.content and "seed **77**" in first.content
     assert first.custom_ids == ["easel:dream:reroll:77:9:70", "easel:dream:vary:77:9:70", "easel:dream:morph:77:9:70"]

@@ -1,4 +1,4 @@
-"""GAN faces: seeds reproduce bit for bit, options mean what they say."""
+"""GAN faces: seeds reproduce (bit for bit in the same shapes), options mean what they say."""
 
 from __future__ import annotations
 
@@ -32,12 +32,19 @@ def test_same_seed_same_faces_in_a_new_process_too(tmp_path, real_weights):
     assert grid.size == (3 * 128 + 4 * 2 * 2, 3 * 128 + 4 * 2 * 2)  # 3x3 faces of 128 px, 2 px gutters scaled x2
 
 
+HALF_A_LEVEL = 0.5 / 255  # faces are stored as 8-bit pixels: a smaller change is invisible in the file
+
+
 @torch.inference_mode()
 def test_faces_do_not_depend_on_their_batch(generator):
+    """A face is the same picture whatever it was batched with. Not bit for bit: oneDNN picks
+    kernels (summation orders) per batch size and CPU, so float32 rounding may differ; a bug that
+    mixes samples (batch statistics, wrong order) moves pixels by far more than half a level."""
     z = latents(7, 24)
     together = generator(z)
-    assert torch.equal(together[5:6], generator(z[5:6]))
-    assert torch.equal(together, torch.cat([generator(z[:8]), generator(z[8:])]))
+    assert (together[5:6] - generator(z[5:6])).abs().max() <= HALF_A_LEVEL
+    assert (together - torch.cat([generator(z[:8]), generator(z[8:])])).abs().max() <= HALF_A_LEVEL
+    assert (together[5:6] - together[6:7]).abs().max() > 0.1  # different faces do differ by more
 
 
 @torch.inference_mode()
