@@ -1,22 +1,27 @@
 """The model commands of `easel` (also `python -m models`): they run without Discord.
 
 Each command builds the same Job the bot would and runs it through an InferencePool, so the
-command line exercises exactly the path the bot uses. Bad input exits with status 2 and one
-sentence on stderr.
+command line exercises exactly the path the bot uses. Bad input, and an output path that
+cannot be written, exit with status 2 and one sentence on stderr; paths are checked before
+the work. On a terminal, long work shows its progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from models import weights
+from PIL import Image
+
+from models import images, weights
 from models.errors import BusyError, DeviceError, ResourceError, UserError
-from models.jobs import Job, Result
+from models.jobs import Job, Progress, Result
 
 NO_LIMIT = 1 << 40
 STILL_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -27,17 +32,49 @@ class CliError(Exception):
 
 
 def _read(path: Path) -> bytes:
+    """The file's bytes, refused by its size before reading (the same cap and sentence as the bot)."""
     try:
-        return path.read_bytes()
+        return images.read_file(path, images.Limits())
     except OSError as error:
         raise CliError(f"Cannot read {path}: {error.strerror or error}.") from None
 
 
 def _still_format(out: Path) -> str:
+    """The format OUT's extension names, once its path is known to be writable."""
+    _check_writable(out)
     try:
         return STILL_FORMATS[out.suffix.lower()]
     except KeyError:
         raise CliError(f"Write to a .png, .jpg or .webp file, not {out.name}.") from None
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse, before any work, an output path that could not be written: the same checks the
+    write would make, on the nearest folder that exists (missing folders are created later)."""
+    if out.is_dir():
+        raise CliError(f"Cannot write {out}: it is a folder.")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CliError(f"Cannot write {out}: {parent} is a file, not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"Cannot write {out}: {parent} is not writable.")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as error:
+        raise CliError(f"Cannot write {path}: {error.strerror or error}.") from None
+
+
+def _show_progress(task: str, progress: Progress) -> None:
+    """Redraw one status line on the terminal (cleared again when the job ends)."""
+    eta = f", about {progress.eta_s:.0f} s left" if progress.eta_s else ""
+    state = "starting" if progress.state == "queued" else f"{progress.fraction:.0%} done"
+    print(f"\r\033[K{task}: {state}{eta}", end="", file=sys.stderr, flush=True)
 
 
 def _run(job: Job, device: str) -> Result:
@@ -47,21 +84,31 @@ def _run(job: Job, device: str) -> Result:
         pool = InferencePool(PoolConfig(device=device, preload=False, warmup=False, max_batch=1, tasks=(job.task,),
                                         job_timeout_s=24 * 3600))
         await pool.start()
+        terminal = sys.stderr.isatty()
         try:
-            return await pool.submit(job)
+            return await pool.submit(job, (lambda p: _show_progress(job.task, p)) if terminal else None)
         finally:
+            if terminal:
+                print("\r\033[K", end="", file=sys.stderr, flush=True)
             await pool.close()
 
     return asyncio.run(once())
 
 
 def _write(result: Result, out: Path, extra: Path | None = None) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(result.files[0].data)
+    _write_file(out, result.files[0].data)
     if extra is not None and len(result.files) > 1:
-        extra.write_bytes(result.files[1].data)
+        _write_file(extra, _reencoded(result.files[1].data, STILL_FORMATS[extra.suffix.lower()]))
     shown = {k: v for k, v in result.info.items() if k not in ("queue_s", "batch")}
     print(f"wrote {out} {json.dumps(shown, sort_keys=True)}")
+
+
+def _reencoded(data: bytes, fmt: str) -> bytes:
+    """A result file in the format its path names (the pool encodes extra files as PNG)."""
+    if fmt == "png":
+        return data
+    with Image.open(io.BytesIO(data)) as image:
+        return images.encode(image.convert("RGB"), fmt, NO_LIMIT)[0]
 
 
 def cmd_stylize(args: argparse.Namespace) -> None:
@@ -87,6 +134,7 @@ def cmd_dream(args: argparse.Namespace) -> None:
         suffix = args.out.suffix.lower()
         if suffix not in (".gif", ".webp"):
             raise CliError(f"A morph is an animation: write to a .gif or .webp file, not {args.out.name}.")
+        _check_writable(args.out)
         options.update(mode="morph", seed_b=args.morph_to, frames=args.frames, animation=suffix[1:])
         fmt = "png"
     else:
@@ -99,6 +147,8 @@ def cmd_fix(args: argparse.Namespace) -> None:
     options: dict[str, Any] = {"strength": args.strength}
     if args.max_side:
         options["max_side"] = args.max_side
+    if args.compare is not None:
+        _still_format(args.compare)
     job = Job("fix", options, {"photo": _read(args.input)}, max_bytes=NO_LIMIT, format=_still_format(args.out))
     _write(_run(job, args.device), args.out, args.compare)
 

@@ -1,18 +1,28 @@
 """Decode untrusted image bytes safely; encode results under a byte budget.
 
-Everything a person can upload goes through `probe` (header only: format, size, pixel cap,
-checked before any pixel is decoded) and then `decode` (first frame, EXIF orientation applied,
-any mode flattened to RGB over white). Failures are `ImageError`s whose message is one sentence
-meant for that person.
+Everything a person can upload goes through `probe` (header only: format, size, pixel cap and,
+for JPEG, the number of scans, checked before any pixel is decoded) and then `decode` (first
+frame, EXIF orientation applied, any mode flattened to RGB over white). Failures are
+`ImageError`s whose message is one sentence meant for that person. What the decoding libraries
+print or warn on the way (libtiff and libjpeg write to the C-level stderr) is logged, never shown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import math
+import os
+import re
 import struct
+import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,8 +32,19 @@ from models.errors import UserError
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # phone MPO files open as JPEG
 FORMAT_NAMES = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 MIN_SIDE = 16
+# libjpeg's standard progressive script has 10 scans (6 for greyscale) and encoders that tune
+# their scripts stay within a few dozen, while every scan is one more pass over all of the
+# image's coefficients (~50 ms per scan at 40 MP here): 64 scans bound a decode to seconds.
+MAX_JPEG_SCANS = 64
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
+# Metadata chunks a decode never uses; Pillow refuses large ones (>1 MB text, >1 MB ICC) as errors.
+_PNG_METADATA = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Inside a JPEG scan, 0xFF is followed by 0x00 (a stuffed byte), a restart marker or more 0xFF fill.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(UserError):
@@ -47,14 +68,137 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
+def too_large(size: int | None, limits: Limits) -> ImageError:
+    """The over-the-byte-cap sentence; size None when only "more than the cap" is known (a stream)."""
+    shown = f"over {_mb(limits.max_bytes)}" if size is None else _mb(size)
+    return ImageError(f"That file is {shown}; the limit is {_mb(limits.max_bytes)}.")
+
+
+def read_file(path: Path, limits: Limits) -> bytes:
+    """Read at most the byte cap: a regular file is refused from its size alone, anything else
+    (a device, a pipe) after one bounded read, so /dev/zero or a sparse 7 GB file cost nothing."""
+    with path.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > limits.max_bytes:
+            raise too_large(size, limits)
+        data = file.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise too_large(None, limits)
+    return data
+
+
+class _Quiet:
+    """While any decode runs, Python warnings and whatever the C libraries write to file
+    descriptor 2 go to the log instead of the terminal.
+
+    fd 2 belongs to the whole process, so the first decoder to enter redirects it to a
+    temporary file and the last to leave restores it and logs what was written; the lock guards
+    only that bookkeeping, so decodes on several threads still run in parallel. Anything another
+    thread writes to stderr meanwhile is logged too, a little later, rather than lost.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved_fd = -1
+        self.sink: io.BufferedRandom | None = None
+        self.saved_showwarning = warnings.showwarning
+
+    def enter(self) -> None:
+        with self.lock:
+            self.depth += 1
+            if self.depth == 1:
+                sys.stderr.flush()
+                self.sink = tempfile.TemporaryFile()
+                self.saved_fd = os.dup(2)
+                os.dup2(self.sink.fileno(), 2)
+                self.saved_showwarning, warnings.showwarning = warnings.showwarning, _log_warning
+
+    def leave(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth or self.sink is None:
+                return
+            sys.stderr.flush()
+            os.dup2(self.saved_fd, 2)
+            os.close(self.saved_fd)
+            warnings.showwarning = self.saved_showwarning
+            sink, self.sink = self.sink, None
+        sink.seek(0)
+        for line in sink.read().decode(errors="replace").splitlines():
+            if line.strip():
+                log.info("decoder: %s", line.strip())
+        sink.close()
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: object) -> None:
+    log.info("decoder warning: %s: %s (%s:%d)", category.__name__, message, filename, lineno)
+
+
+_QUIET = _Quiet()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    _QUIET.enter()
+    try:
+        with np.errstate(all="ignore"):
+            yield
+    finally:
+        _QUIET.leave()
+
+
+def _without_png_metadata(data: bytes) -> bytes:
+    """The PNG without its text and ICC chunks, which a decode never uses: over Pillow's limits
+    they would be refused as errors, so a valid picture with a 2 MB comment would be "damaged"."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return data
+    kept, pos, dropped = [data[:8]], 8, False
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, end = data[pos + 4:pos + 8], pos + 12 + length
+        if kind in _PNG_METADATA:
+            dropped = True
+        else:
+            kept.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    kept.append(data[pos:])
+    return b"".join(kept) if dropped else data
+
+
+def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """Count the scans (SOS markers) of a JPEG's first image, walking segments by their lengths
+    and entropy-coded data by its markers, so an SOS inside an EXIF thumbnail is not counted.
+    Stops counting past `stop_after`; a malformed stream ends the count (Pillow then judges it)."""
+    scans, pos = 0, 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and scans <= stop_after:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            scans += 1
+            found = _NEXT_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return scans
+
+
 def _open(data: bytes) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=FORMATS)
+        return Image.open(io.BytesIO(_without_png_metadata(data)), formats=FORMATS)
     except UnidentifiedImageError:
         raise ImageError(f"That file is not an image I can read; send a {FORMAT_NAMES}.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ImageError("That image declares an absurd size (a decompression bomb); I won't open it.") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error):
         raise ImageError("That image file is damaged and cannot be read.") from None
@@ -65,8 +209,10 @@ def probe(data: bytes, limits: Limits = Limits()) -> ImageInfo:
     if not data:
         raise ImageError("That file is empty.")
     if len(data) > limits.max_bytes:
-        raise ImageError(f"That file is {_mb(len(data))}; the limit is {_mb(limits.max_bytes)}.")
-    image = _open(data)
+        raise too_large(len(data), limits)
+    with quiet():
+        image = _open(data)
+        orientation = _orientation(image)
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageError(
@@ -75,7 +221,9 @@ def probe(data: bytes, limits: Limits = Limits()) -> ImageInfo:
         )
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"That image is only {width}x{height}; both sides need at least {MIN_SIDE} pixels.")
-    orientation = _orientation(image)
+    if image.format == "JPEG" and jpeg_scans(data) > MAX_JPEG_SCANS:
+        raise ImageError(f"That JPEG is split into more than {MAX_JPEG_SCANS} scans (photos use about 10), "
+                         "which would take minutes to decode; I won't open it.")
     if orientation in _ROTATED:
         width, height = height, width
     return ImageInfo(image.format or "?", width, height)
@@ -98,26 +246,25 @@ def _orientation(image: Image.Image) -> int | None:
 def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
     """Decode an upload to an RGB image: first frame, EXIF orientation applied, transparency over white."""
     probe(data, limits)
-    image = _open(data)
-    try:
-        image.seek(0)
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error):
-        raise ImageError("That image file is truncated or damaged and cannot be decoded.") from None
-    return to_rgb(image)
+    with quiet():
+        image = _open(data)
+        try:
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error):
+            raise ImageError("That image file is truncated or damaged and cannot be decoded.") from None
+        return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Flatten any Pillow mode to 8-bit RGB."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 1.0 if mode == "F" and array.max(initial=0) <= 1.0 else 65535.0 if array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
-    elif mode == "P" and "transparency" in image.info or mode == "PA":
+    """Flatten any Pillow mode to 8-bit RGB; transparency of any encoding (alpha channel,
+    palette entry, tRNS colour key) is composited over white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _high_depth_to_grey(image)
+    elif "transparency" in image.info and image.mode in ("1", "L", "RGB", "P") or image.mode == "PA":
         image = image.convert("RGBA")
-    elif mode in ("1", "P"):
+    elif image.mode in ("1", "P"):
         image = image.convert("RGB")
     if image.mode in ("LA", "La", "RGBa"):
         image = image.convert("RGBA")
@@ -125,6 +272,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _high_depth_to_grey(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greys to 8-bit "L" (or "LA" with a colour key's transparency).
+
+    Float pixels that are not numbers are replaced, as viewers do, rather than refused: NaN by
+    black, infinities by the brightest or darkest finite value. The scale comes from the finite
+    values alone (one NaN used to make the whole picture black). An image with no finite value
+    at all has nothing to show and is refused.
+    """
+    raw = np.asarray(image)
+    array = raw.astype(np.float64)
+    finite = np.isfinite(array)
+    if not finite.all():
+        if not finite.any():
+            raise ImageError("That image's pixel values are all NaN or infinite; there is no picture in it.")
+        values = array[finite]
+        array = np.nan_to_num(array, nan=0.0, posinf=values.max(), neginf=values.min())
+    peak = array.max(initial=0)
+    top = 1.0 if image.mode == "F" and peak <= 1.0 else 65535.0 if peak > 255 else 255.0
+    grey = Image.fromarray(np.clip(array / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    key = image.info.get("transparency")
+    if isinstance(key, int):
+        grey.putalpha(Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8), "L"))
+    return grey
 
 
 def fit(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 Each tile's prediction is weighted by a window that ramps up over the overlap from every tile
 edge, and the weighted sum is divided by the summed weights: a pixel near a tile edge (where
 the network saw little context) is taken mostly from the neighbouring tile, and no pixel ever
-switches abruptly from one tile to the next.
+switches abruptly from one tile to the next. Images thinner than MIN_SIDE are first padded by
+edge replication (a network's own reflect padding cannot exceed the side it reflects).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import torch
+from torch.nn import functional as F
+
+MIN_SIDE = 64  # above any network's padding multiple, with some context for a 2048x1 strip
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -40,6 +44,8 @@ def restore_tiled(
     progress: Callable[[float], None] = lambda fraction: None,
 ) -> list[torch.Tensor]:
     """Apply `net` (a (N, 3, h, w) -> (N, 3, h, w) callable) to (3, H, W) images of any sizes."""
+    sizes = [image.shape[1:] for image in images]
+    images = [_at_least(image, MIN_SIDE) for image in images]
     jobs: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)  # tile shape -> (image, top, left)
     for n, image in enumerate(images):
         _, h, w = image.shape
@@ -61,4 +67,11 @@ def restore_tiled(
                 norms[n][t:t + th, l:l + tw] += window
             done += len(chunk)
             progress(done / total)
-    return [(s / nrm).clamp(0, 1) for s, nrm in zip(sums, norms)]
+    return [(s / nrm).clamp(0, 1)[:, :h, :w] for s, nrm, (h, w) in zip(sums, norms, sizes)]
+
+
+def _at_least(image: torch.Tensor, side: int) -> torch.Tensor:
+    _, h, w = image.shape
+    if min(h, w) >= side:
+        return image
+    return F.pad(image[None], (0, max(0, side - w), 0, max(0, side - h)), mode="replicate")[0]

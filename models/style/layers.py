@@ -82,10 +82,15 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
+MIN_SIDE = 16  # after two stride-2 convs 4 px remain, enough for every reflect padding inside
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad H and W up to a multiple (the nets halve twice and double twice)."""
+    """Pad H and W up to a multiple (the nets halve twice and double twice) and to at least
+    MIN_SIDE, so a thin image (2048x4 after downscaling) runs too. Reflection, as the networks
+    were trained with, where the side is long enough to reflect; edge replication where not."""
     h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
+    ph, pw = max(-h % multiple, MIN_SIDE - h), max(-w % multiple, MIN_SIDE - w)
     if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
     return x, (h, w)

@@ -78,7 +78,7 @@ def parse_presets(spec: object) -> torch.Tensor:
         pairs = [(spec, 1.0)]
     else:
         pairs = [part.partition(":")[::2] for part in str(spec).replace(" ", "").split(",") if part]
-    weights = torch.zeros(NUM_PRESETS)
+    weights = [0.0] * NUM_PRESETS  # float64 until normalised: 1e39 or 3e38 + 3e38 overflow float32 to inf
     try:
         for index, weight in pairs:
             i, w = int(index), float(weight) if weight not in ("", None) else 1.0
@@ -87,6 +87,9 @@ def parse_presets(spec: object) -> torch.Tensor:
             weights[i] += w
     except (TypeError, ValueError):
         raise UserError(f"Presets are numbers 0 to {NUM_PRESETS - 1}, optionally weighted, like 7 or 3:0.5,12:0.5.") from None
-    if weights.sum() <= 0:
+    total = sum(weights)
+    if not total < math.inf:
+        raise UserError("Those preset weights are too large to add up; use weights like 0.5 or 2.")
+    if total <= 0:
         raise UserError("Give at least one preset with a weight above zero.")
-    return weights / weights.sum()
+    return torch.tensor([w / total for w in weights], dtype=torch.float32)
