@@ -104,6 +104,7 @@ class _Quiet:
         self.saved_fd = -1
         self.sink: io.BufferedRandom | None = None
         self.saved_showwarning = warnings.showwarning
+        self.heard: list[str] = []  # logged only once fd 2 is back: a log handler may write there
 
     def enter(self) -> None:
         with self.lock:
@@ -113,7 +114,7 @@ class _Quiet:
                 self.sink = tempfile.TemporaryFile()
                 self.saved_fd = os.dup(2)
                 os.dup2(self.sink.fileno(), 2)
-                self.saved_showwarning, warnings.showwarning = warnings.showwarning, _log_warning
+                self.saved_showwarning, warnings.showwarning = warnings.showwarning, self.hear
 
     def leave(self) -> None:
         with self.lock:
@@ -124,16 +125,18 @@ class _Quiet:
             os.dup2(self.saved_fd, 2)
             os.close(self.saved_fd)
             warnings.showwarning = self.saved_showwarning
-            sink, self.sink = self.sink, None
+            sink, self.sink, heard, self.heard = self.sink, None, self.heard, []
         sink.seek(0)
-        for line in sink.read().decode(errors="replace").splitlines():
+        heard += sink.read().decode(errors="replace").splitlines()
+        sink.close()
+        for line in heard:
             if line.strip():
                 log.info("decoder: %s", line.strip())
-        sink.close()
 
-
-def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: object) -> None:
-    log.info("decoder warning: %s: %s (%s:%d)", category.__name__, message, filename, lineno)
+    def hear(self, message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: object) -> None:
+        """warnings.showwarning while decoding."""
+        with self.lock:
+            self.heard.append(f"{category.__name__}: {message} ({filename}:{lineno})")
 
 
 _QUIET = _Quiet()
