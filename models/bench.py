@@ -6,6 +6,8 @@ For each scenario (dream, stylize at 512 and 1024 px, fix) and each concurrency,
 submit jobs back to back through a real InferencePool, once with dynamic batching and once
 with max batch 1. A timer on the event loop records how late it wakes (loop lag). The
 onnxruntime comparison runs both engines on equal work, one image at a time, same threads.
+`--scenarios fix40mp` (not in the default set: minutes on a CPU) times one `easel fix` of a
+6000x6600 photo, just under the 40 MP limit, in a fresh process, and reports its peak memory.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import io
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +42,8 @@ SCENARIOS: dict[str, Callable[[int], Job]] = {
     "stylize1024": lambda i: Job("stylize", {"max_side": 1024}, {"content": _photo(i), "style": _PAINTING}),
     "fix": lambda i: Job("fix", {"max_side": 768}, {"photo": _photo(i)}),
 }
+LARGE_FIX = "fix40mp"
+LARGE_SIZE = (6000, 6600)  # 39.6 MP: the largest photo of this shape the default 40 MP limit allows
 _PAINTING = samples.painting()
 _PHOTOS: list[bytes] = []
 
@@ -183,6 +191,27 @@ def bench_onnxruntime(repeat: int) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_large_fix(device: str) -> dict[str, Any]:
+    """/fix at full size on the largest photo the limits allow, run as a person runs it: `easel fix`
+    in a fresh process, so the peak resident memory is that one job's (decode, tiles, encode)."""
+    with tempfile.TemporaryDirectory() as folder:
+        photo, out = Path(folder) / "photo.jpg", Path(folder) / "fixed.png"
+        image = Image.open(io.BytesIO(samples.photo("astronaut"))).convert("RGB")
+        image.resize(LARGE_SIZE, Image.Resampling.BICUBIC).save(photo, "JPEG", quality=92)
+        command = [sys.executable, "-m", "models", "fix", str(photo), "-o", str(out), "--device", device]
+        started = time.perf_counter()
+        run = subprocess.run(command, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+    if run.returncode:
+        raise SystemExit(f"{LARGE_FIX} failed: {run.stderr.strip()}")
+    info = json.loads(run.stdout[run.stdout.index("{"):])  # "wrote PATH {json}"
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the only child this process waited for
+    row = {"scenario": LARGE_FIX, "width": LARGE_SIZE[0], "height": LARGE_SIZE[1], "device": info["device"],
+           "seconds": round(seconds, 1), "model_s": info["model_s"], "peak_rss_mb": round(peak_kb / 1024)}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
 def summarize(pool_rows: list[dict[str, Any]], ort_rows: list[dict[str, Any]]) -> dict[str, Any]:
     def find(scenario: str, c: int, batching: bool) -> dict[str, Any] | None:
         return next((r for r in pool_rows if r["scenario"] == scenario and r["concurrency"] == c and r["batching"] == batching), None)
@@ -199,7 +228,8 @@ def summarize(pool_rows: list[dict[str, Any]], ort_rows: list[dict[str, Any]]) -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {', '.join(SCENARIOS)}")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated, from {', '.join(SCENARIOS)} (the default), and {LARGE_FIX}")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
     parser.add_argument("--jobs-per-client", type=int, default=2, help="jobs = max(8, clients x this) (default 2)")
     parser.add_argument("--max-batch", type=int, default=8)
@@ -211,6 +241,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     scenarios = [s for s in args.scenarios.split(",") if s]
+    large = LARGE_FIX in scenarios
+    scenarios = [s for s in scenarios if s != LARGE_FIX]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
@@ -220,8 +252,10 @@ def main(args: argparse.Namespace) -> None:
                     "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
-    pool_rows = [] if args.skip_pool else asyncio.run(bench_pool(scenarios, concurrencies, args.jobs_per_client,
-                                                                  args.device, args.max_batch))
+    pool_rows = [] if args.skip_pool or not scenarios else asyncio.run(
+        bench_pool(scenarios, concurrencies, args.jobs_per_client, args.device, args.max_batch))
+    if large:
+        report[LARGE_FIX] = bench_large_fix(args.device)
     ort_rows = []
     if not args.skip_onnxruntime and importlib.util.find_spec("onnxruntime") is None:
         report["onnxruntime_skipped"] = "onnxruntime is not installed (pip install onnxruntime, or '.[test]')"

@@ -225,7 +225,7 @@ def probe(data: bytes, limits: Limits = Limits()) -> ImageInfo:
         )
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"That image is only {width}x{height}; both sides need at least {MIN_SIDE} pixels.")
-    if image.format == "JPEG" and jpeg_scans(data) > MAX_JPEG_SCANS:
+    if image.format in ("JPEG", "MPO") and jpeg_scans(data) > MAX_JPEG_SCANS:
         raise ImageError(f"That JPEG is split into more than {MAX_JPEG_SCANS} scans (photos use about 10), "
                          "which makes it far too slow to decode; I won't open it.")
     if orientation in _ROTATED:

@@ -202,3 +202,20 @@ def test_library_warnings_never_reach_stderr(tmp_path, real_weights):
                           str(tmp_path / "o.png")], capture_output=True, text=True, check=False)
     assert run.stdout.strip().endswith("[2, 0]"), run.stdout + run.stderr
     assert run.stderr == "easel: That image file is truncated or damaged and cannot be decoded.\n"
+
+
+def test_long_work_shows_progress_on_a_terminal(tmp_path, real_weights, monkeypatch):
+    import os
+    import pty
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(save(scene(640, 480), "PNG"))  # several /fix tiles, so several fractions
+    leader, follower = pty.openpty()
+    with open(follower, "w", closefd=True) as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert models_cli(["fix", str(photo), "-o", str(tmp_path / "o.png"), "--device", "cpu"]) == 0
+    shown = os.read(leader, 65536).decode()
+    os.close(leader)
+    fractions = [int(f) for f in re.findall(r"fix: (\d+)% done", shown)]
+    assert len(fractions) >= 2 and fractions == sorted(fractions) and fractions[-1] == 100
+    assert shown.endswith("\r\033[K")  # the status line is cleared when the work ends

@@ -84,7 +84,7 @@ class Fix(Task):
                              batch=max(1, batch >> ctx.shrink), progress=ctx.progress)
 
     def finish(self, job: Job, item: Item, output: torch.Tensor) -> Result:
-        restored = item.photo + item.strength * (output - item.photo)
+        restored = output.lerp_(item.photo, 1 - item.strength)  # in place: a 40 MP copy is 475 MB
         before, after = to_image(item.photo), to_image(restored)
         # Both files go in one message: the small comparison first, the photo gets the rest of the budget.
         compare, cext = images.encode(compare_view(before, after), "png", job.max_bytes // 4)
