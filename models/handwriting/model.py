@@ -32,8 +32,8 @@ CONTENT_CACHE = 1024  # characters whose content features are kept (64 KB each)
 @dataclass(frozen=True)
 class Config:
     z_dim: int = 32
-    content: tuple[int, int, int, int] = (16, 32, 64, 128)  # channels at 64, 32, 16, 8
-    decoder: tuple[int, int, int] = (64, 32, 16)  # channels at 8, 16, 32: the per-request cost
+    content: tuple[int, int, int, int] = (24, 48, 96, 128)  # channels at 64, 32, 16, 8
+    decoder: tuple[int, int, int] = (96, 48, 32)  # channels at 8, 16, 32: the per-request cost
     skip: int = 32  # channels of the 16x16 content skip
     style: tuple[int, int, int, int] = (32, 64, 96, 128)
 

@@ -201,14 +201,12 @@ def train(data_file: Path, out: Path, recipe: Recipe, device: torch.device, chec
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     sampler = HandSampler(data, device, recipe.per_hand, recipe)
     net = GlyphVAE(Config()).to(device)
     if cuda:
         net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=0.0, betas=(0.9, 0.99), fused=cuda)
     g = torch.Generator(device=device).manual_seed(recipe.seed)
     step, elapsed, curve = 0, 0.0, []
     if resume is not None:
@@ -234,8 +232,6 @@ def train(data_file: Path, out: Path, recipe: Recipe, device: torch.device, chec
         for group in opt.param_groups:
             group["lr"] = lr
         glyphs, refs = sampler.batch(recipe.hands, g)
-        if cuda:
-            glyphs, refs = (t.contiguous(memory_format=torch.channels_last) for t in (glyphs, refs))
         recon, kl_dims = elbo_terms(net, glyphs, refs, g, autocast=cuda)
         kl = kl_dims.sum()
         # per-hand ELBO (K glyphs share one z), scaled per pixel so the learning rate is size-free
