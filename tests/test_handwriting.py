@@ -126,3 +126,15 @@ def test_training_writes_exactly_its_three_files(tmp_path):
     assert report["steps"] == 2 and report["recipe"]["seed"] == 4
     assert len(report["kl_per_dim"]) == GlyphVAE().cfg.z_dim
     assert load("cpu", out / "handwriting.safetensors").write(["你"], torch.zeros(32)).shape == (1, 1, 64, 64)
+
+
+def test_sampled_hands_hold_one_training_face_and_no_held_out_character(tmp_path):
+    _tiny_packed(tmp_path / "tiny.npz", charset_slice=slice(0, None))
+    data = train.Packed.load(tmp_path / "tiny.npz")
+    sampler = train.HandSampler(data, torch.device("cpu"), k=6, recipe=train.Recipe())
+    rows = sampler.rows(64, torch.Generator().manual_seed(0)).numpy()
+    assert (data.face[rows] == 0).all()  # face 1 is held out
+    assert not data.held_out_char[data.char[rows]].any()
+    assert len(np.unique(data.char[rows])) > 100
+    glyphs, refs = sampler.batch(4, torch.Generator().manual_seed(0))
+    assert glyphs.shape == refs.shape == (4, 6, 64, 64)
