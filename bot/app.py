@@ -14,28 +14,17 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from bot import health
-from bot.commands.dream import DreamButton
 from bot.metrics import Metrics
 from bot.replies import send_error
 from bot.runner import Runner
 from bot.settings import Settings
-from models.images import Limits
-from models.pool import InferencePool, PoolConfig, resolve_devices
+from models.pool import InferencePool, resolve_devices
 
 log = logging.getLogger("easel")
 
 REPLY_GRACE_S = 30  # after the jobs: time for the last results and apologies to upload
 
 EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", "bot.commands.info")
-
-
-def pool_config(settings: Settings) -> PoolConfig:
-    return PoolConfig(
-        device=settings.device, max_batch=settings.max_batch, max_batch_megapixels=settings.max_batch_megapixels,
-        batch_wait_s=settings.batch_wait_ms / 1000,
-        max_queue=settings.max_queue, preload=settings.preload,
-        limits=Limits(max_bytes=settings.download_limit, max_pixels=settings.max_pixels),
-    )
 
 
 class EaselBot(commands.Bot):
@@ -45,11 +34,12 @@ class EaselBot(commands.Bot):
         intents.guilds = True  # slash commands need no privileged intents
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
         self.settings = settings
-        self.pool = pool or InferencePool(pool_config(settings))
+        self.pool = pool or InferencePool(settings.pool_config())
         self.metrics = Metrics()
         self.runner: Runner | None = None  # made in setup_hook, once there is an HTTP session
         self.session: aiohttp.ClientSession | None = None
         self.health: health.HealthServer | None = None
+        self.tree.error(self.on_app_command_error)
 
     async def login(self, token: str) -> None:
         """Point discord.py at the configured API (Discord, a compatible server, or the emulator)."""
@@ -69,8 +59,6 @@ class EaselBot(commands.Bot):
         await self.pool.start()  # models load and warm up before we take any interaction
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(DreamButton)
-        self.tree.on_error = self.on_app_command_error
         await self.sync_commands()
 
     async def sync_commands(self) -> None:
@@ -117,7 +105,7 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    running = asyncio.create_task(bot.start(settings.token))
+    running = asyncio.create_task(bot.start(settings.token.get_secret_value()))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
     if stop.is_set():

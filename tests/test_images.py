@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import png_bytes, png_declaring
 from models import samples
+from models.errors import TooLargeError
 from models.images import ImageError, Limits, decode, encode, encode_animation, probe
 
 
@@ -93,3 +94,12 @@ def test_animation_fits_its_budget():
     data, ext = encode_animation(frames, "gif", 80, 200_000)
     gif = Image.open(io.BytesIO(data))
     assert ext == "gif" and len(data) <= 200_000 and gif.n_frames == 8
+
+
+def test_a_result_that_cannot_fit_the_upload_limit_is_a_sentence_for_the_person():
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8))
+    with pytest.raises(TooLargeError, match=r"would not fit in 0\.0 MB, even scaled down; try a smaller size") as caught:
+        encode(noise, "png", 200)
+    assert caught.value.outcome == "too_large"
+    with pytest.raises(TooLargeError, match="try fewer frames"):
+        encode_animation([noise, noise], "gif", 80, 200)

@@ -9,9 +9,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands.options import descriptions, slash_range
 from bot.runner import Request
 from models.jobs import Result
-from models.tasks.dream import MAX_FACES, MAX_SEED, random_seed
+from models.tasks.dream import COUNT, SEED, TRUNCATION, random_seed
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -72,20 +73,17 @@ class Dream(commands.Cog):
         self.bot = bot
 
     @app_commands.command(description="Dream up faces with a GAN; the same seed always gives the same faces")
-    @app_commands.describe(
-        count=f"How many faces (1-{MAX_FACES}, default 4)",
-        seed="A number naming these faces (default: a random one, shown in the reply)",
-        truncation="0.1-1: lower gives more average, cleaner faces (default 0.8)",
-    )
+    @app_commands.describe(**descriptions(count=COUNT, seed=SEED, truncation=TRUNCATION))
     async def dream(
         self,
         interaction: discord.Interaction,
-        count: app_commands.Range[int, 1, MAX_FACES] = 4,
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        truncation: app_commands.Range[float, 0.1, 1.0] = 0.8,
+        count: slash_range(COUNT) = COUNT.default,
+        seed: slash_range(SEED) | None = SEED.default,
+        truncation: slash_range(TRUNCATION) = TRUNCATION.default,
     ) -> None:
         await self.bot.runner.handle(interaction, grid_request(random_seed() if seed is None else seed, count, truncation))
 
 
 async def setup(bot: EaselBot) -> None:
     await bot.add_cog(Dream(bot))
+    bot.add_dynamic_items(DreamButton)  # the buttons of earlier replies work after a restart too

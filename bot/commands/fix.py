@@ -8,8 +8,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands.options import descriptions, slash_range
 from bot.runner import Request
 from models.jobs import Result
+from models.tasks.fix import STRENGTH
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -26,9 +28,9 @@ class Fix(commands.Cog):
         self.bot = bot
 
     @app_commands.command(description="Sharpen a blurry photo (camera shake, missed focus, soft lens)")
-    @app_commands.describe(photo="The blurry photo", strength="0 keeps the photo, 1 is the full fix (default 1)")
+    @app_commands.describe(photo="The blurry photo", **descriptions(strength=STRENGTH))
     async def fix(self, interaction: discord.Interaction, photo: discord.Attachment,
-                  strength: app_commands.Range[float, 0.0, 1.0] = 1.0) -> None:
+                  strength: slash_range(STRENGTH) = STRENGTH.default) -> None:
         await self.bot.runner.handle(interaction, Request("fix", "fix", {"strength": strength}, {"photo": photo},
                                                           describe=describe))
 

@@ -8,6 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from models.style.presets import PRESET_NAMES
+from models.tasks import dream, fix, stylize
+
 if TYPE_CHECKING:
     from bot.app import EaselBot
 
@@ -22,11 +25,13 @@ class Info(commands.Cog):
         text = (
             "**Easel** — deep-learning art tools\n"
             "• `/stylize content:<photo> style:<picture>` paints your photo in the style of the picture; "
-            "or pick `preset:` from 26 built-in styles (blends like `3:0.5,12:0.5` work). "
-            "`strength` 0-1, `size` up to 2048 px, `preserve_colors` keeps the photo's colours.\n"
+            f"or pick `preset:` from {len(PRESET_NAMES)} built-in styles (blends like `3:0.5,12:0.5` work). "
+            f"`strength` {stylize.STRENGTH.span()}, `size` {stylize.MAX_SIDE.span()} px, "
+            "`preserve_colors` keeps the photo's colours.\n"
             "• `/dream [count] [seed] [truncation]` dreams up faces; the same seed gives the same faces. "
+            f"`count` {dream.COUNT.span()}, `truncation` {dream.TRUNCATION.span()}. "
             "Buttons: new faces, variations, and a morph animation.\n"
-            "• `/fix photo:<photo> [strength]` sharpens a blurry photo at full size.\n"
+            f"• `/fix photo:<photo> [strength]` sharpens a blurry photo at full size; `strength` {fix.STRENGTH.span()}.\n"
             f"Limits: images up to {s.download_limit_mb:.0f} MB and {s.max_pixels / 1e6:.0f} megapixels; "
             f"results up to {s.upload_limit_mb:.0f} MB; {s.max_jobs_per_user} requests at a time per person, "
             f"{s.cooldown_s:g} s between requests."

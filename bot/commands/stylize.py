@@ -8,10 +8,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands.options import descriptions, slash_range
 from bot.replies import send_error
 from bot.runner import Request
 from models.jobs import Result
 from models.style.presets import PRESET_NAMES
+from models.tasks.stylize import MAX_SIDE, PRESERVE_COLORS, PRESETS, STRENGTH
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -47,32 +49,29 @@ class Stylize(commands.Cog):
     @app_commands.describe(
         content="The photo to paint",
         style="A painting or any picture whose style to copy",
-        preset="A built-in style (used when no style image is attached); blends like 3:0.5,12:0.5 work too",
-        strength="How much style: 0 keeps the photo, 1 is the full style (default 1)",
-        size="Longest side of the result in pixels (default 1024; smaller photos keep their size)",
-        preserve_colors="Keep the photo's own colours and take only the brushwork",
+        **descriptions(preset=PRESETS, strength=STRENGTH, size=MAX_SIDE, preserve_colors=PRESERVE_COLORS),
     )
     async def stylize(
         self,
         interaction: discord.Interaction,
         content: discord.Attachment,
         style: discord.Attachment | None = None,
-        preset: str | None = None,
-        strength: app_commands.Range[float, 0.0, 1.0] = 1.0,
-        size: app_commands.Range[int, 128, 2048] = 1024,
-        preserve_colors: bool = False,
+        preset: str | None = PRESETS.default,
+        strength: slash_range(STRENGTH) = STRENGTH.default,
+        size: slash_range(MAX_SIDE) = MAX_SIDE.default,
+        preserve_colors: bool = PRESERVE_COLORS.default,
     ) -> None:
         if (style is None) == (preset is None):
             await send_error(interaction, "Attach a style image or choose a preset (one of the two).")
             self.bot.runner.answered_at_once(interaction, "stylize", "bad_input")
             return
-        options: dict[str, object] = {"strength": strength, "max_side": size, "preserve_colors": preserve_colors}
+        options: dict[str, object] = {STRENGTH.name: strength, MAX_SIDE.name: size, PRESERVE_COLORS.name: preserve_colors}
         uploads = {"content": content}
         if style is not None:
             uploads["style"] = style
             label = f"your picture {style.filename}"
         else:
-            options["presets"] = preset
+            options[PRESETS.name] = preset
             label = preset_label(preset or "")
         await self.bot.runner.handle(interaction, Request("stylize", "stylize", options, uploads,
                                                           describe=lambda result: describe(result, label)))

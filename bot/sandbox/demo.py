@@ -37,7 +37,7 @@ def sandbox_settings(emulator: DiscordEmulator, device: str) -> Settings:
 
 async def start_bot(emulator: DiscordEmulator, settings: Settings) -> tuple[EaselBot, asyncio.Task[None]]:
     bot = EaselBot(settings)
-    running = asyncio.create_task(bot.start(settings.token))
+    running = asyncio.create_task(bot.start(settings.token.get_secret_value()))
     waiting = asyncio.create_task(emulator.identified.wait())
     await asyncio.wait([running, waiting], return_when=asyncio.FIRST_COMPLETED)
     if running.done():

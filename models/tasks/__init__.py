@@ -1,6 +1,7 @@
 """The tasks the pool can run, by name."""
 
-from models.tasks.base import OptionError, Plan, RunContext, Task
+from models.options import OptionError
+from models.tasks.base import Plan, RunContext, Task
 from models.tasks.dream import Dream
 from models.tasks.fix import Fix
 from models.tasks.stylize import Stylize

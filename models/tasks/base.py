@@ -15,13 +15,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from models.errors import UserError
 from models.images import Limits
 from models.jobs import Job, Result
+from models.options import Option, OptionError
+from models.weights import WeightsSpec
 
-
-class OptionError(UserError):
-    """An option is missing or out of range; the message names it."""
+StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -55,20 +54,23 @@ class RunContext:
 
 class Task(ABC):
     name: ClassVar[str]
-    weights: ClassVar[tuple[str, ...]]  # registry keys this task loads
+    weights: ClassVar[tuple[WeightsSpec, ...]] = ()  # what `load` gets, read from the cache by the pool's worker
+    options: ClassVar[tuple[Option, ...]] = ()  # every option a job may carry, declared once
 
     @abstractmethod
     def plan(self, job: Job, limits: Limits) -> Plan: ...
 
     @abstractmethod
-    def load(self, device: torch.device, channels_last: bool) -> Any:
-        """Build the networks with their weights on `device`, in eval mode."""
+    def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> Any:
+        """Build the networks from `states` (one state dict per entry of `weights`, by key) on `device`, in eval mode."""
 
     @abstractmethod
     def prepare(self, job: Job, limits: Limits) -> Any: ...
 
     @abstractmethod
-    def run(self, nets: Any, items: list[Any], ctx: RunContext) -> list[Any]: ...
+    def run(self, nets: Any, items: list[Any], ctx: RunContext) -> list[Any]:
+        """Run one batch. Contract: exactly one output per item, in the items' order. The worker
+        checks the count and fails every job of the batch at once (naming the task) if it differs."""
 
     @abstractmethod
     def finish(self, job: Job, item: Any, output: Any) -> Result: ...
@@ -76,34 +78,6 @@ class Task(ABC):
     def warmup_jobs(self) -> list[Job]:
         """Tiny jobs run once at start so the first real request is not slowed by lazy initialisation."""
         return []
-
-
-def option_float(options: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = options.get(name, default)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"{name} must be a number between {lo:g} and {hi:g}.") from None
-    if not lo <= value <= hi:
-        raise OptionError(f"{name} must be between {lo:g} and {hi:g}, not {value:g}.")
-    return value
-
-
-def option_int(options: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and value.lstrip("-").isdigit()):
-        raise OptionError(f"{name} must be a whole number between {lo} and {hi}.")
-    value = int(value)
-    if not lo <= value <= hi:
-        raise OptionError(f"{name} must be between {lo} and {hi}, not {value}.")
-    return value
-
-
-def option_choice(options: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = str(options.get(name, default))
-    if value not in choices:
-        raise OptionError(f"{name} must be one of {', '.join(choices)}.")
-    return value
 
 
 def image_input(job: Job, name: str) -> bytes:

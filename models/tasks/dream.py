@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,14 +12,25 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from models import images, weights
+from models import images
 from models.gan.dcgan import Generator, latents, morph_latents, variations
 from models.jobs import File, Job, Result
-from models.tasks.base import Plan, RunContext, Task, option_choice, option_float, option_int, to_image
+from models.options import Option
+from models.tasks.base import Plan, RunContext, StateDict, Task, to_image
+from models.weights import GAN_FACES
 
 MAX_SEED = 2**53 - 1  # survives a round trip through JSON and JavaScript clients
-MAX_FACES = 16
 FACE_PX = 64
+
+MODE = Option("mode", str, "grid", "A grid of faces, variations of the first one, or a morph", choices=("grid", "variations", "morph"))
+COUNT = Option("count", int, 4, "How many faces", 1, 16)
+SEED = Option("seed", int, None, "A number naming these faces; default: a random one, shown in the reply", 0, MAX_SEED)
+TRUNCATION = Option("truncation", float, 0.8, "Lower gives more average, cleaner faces", 0.1, 1.0)
+CELL = Option("cell", int, 128, "Pixels per face in the picture", FACE_PX, 512)
+SEED_B = Option("seed_b", int, None, "The seed a morph ends at; default: the next seed", 0, MAX_SEED)
+FRAMES = Option("frames", int, 24, "Frames in a morph", 8, 64)
+FRAME_MS = Option("frame_ms", int, 80, "Milliseconds per frame of a morph", 20, 1000)
+ANIMATION = Option("animation", str, "gif", "The morph's file format", choices=("gif", "webp"))
 
 
 @dataclass
@@ -39,21 +51,22 @@ def random_seed() -> int:
 
 class Dream(Task):
     name = "dream"
-    weights = ("gan-faces",)
+    weights = (GAN_FACES,)
+    options = (MODE, COUNT, SEED, TRUNCATION, CELL, SEED_B, FRAMES, FRAME_MS, ANIMATION)
 
     def _item(self, job: Job) -> Item:
         o = job.options
-        mode = option_choice(o, "mode", "grid", ("grid", "variations", "morph"))
-        seed = option_int(o, "seed", 0, 0, MAX_SEED) if "seed" in o else random_seed()  # reported in info
-        truncation = option_float(o, "truncation", 0.8, 0.1, 1.0)
-        cell = option_int(o, "cell", 128, FACE_PX, 512)
+        mode = MODE.read(o)
+        seed = SEED.read(o)
+        seed = random_seed() if seed is None else seed  # reported in info
+        truncation = TRUNCATION.read(o)
+        cell = CELL.read(o)
         if mode == "morph":
-            seed_b = option_int(o, "seed_b", (seed + 1) % (MAX_SEED + 1), 0, MAX_SEED)
-            frames = option_int(o, "frames", 24, 8, 64)
-            z = morph_latents(seed, seed_b, frames, truncation)
-            fmt = option_choice(o, "animation", "gif", ("gif", "webp"))
-            return Item(mode, seed, seed_b, truncation, z, cell, fmt, option_int(o, "frame_ms", 80, 20, 1000))
-        count = option_int(o, "count", 4, 1, MAX_FACES)
+            seed_b = SEED_B.read(o)
+            seed_b = (seed + 1) % (MAX_SEED + 1) if seed_b is None else seed_b
+            z = morph_latents(seed, seed_b, FRAMES.read(o), truncation)
+            return Item(mode, seed, seed_b, truncation, z, cell, ANIMATION.read(o), FRAME_MS.read(o))
+        count = COUNT.read(o)
         z = latents(seed, count, truncation) if mode == "grid" else variations(seed, count, truncation)
         return Item(mode, seed, None, truncation, z, cell, "", 0)
 
@@ -61,9 +74,9 @@ class Dream(Task):
         item = self._item(job)
         return Plan(key=("dream",), cost=len(item.latents) * item.cell**2 / 1e6)
 
-    def load(self, device: torch.device, channels_last: bool) -> Generator:
+    def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> Generator:
         net = Generator()
-        net.load_state_dict(weights.load("gan-faces"))
+        net.load_state_dict(states[GAN_FACES.key])
         return net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
 
     def prepare(self, job: Job, limits: images.Limits) -> Item:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from models import images, weights
+from models import images
 from models.jobs import File, Job, Result
 from models.restore.net import DeblurNet
 from models.restore.tiling import restore_tiled
-from models.tasks.base import Plan, RunContext, Task, image_input, option_float, option_int, to_image, to_tensor
+from models.options import Option
+from models.tasks.base import Plan, RunContext, StateDict, Task, image_input, to_image, to_tensor
+from models.weights import DEBLUR
 
 COMPARE_SIDE = 384
+
+STRENGTH = Option("strength", float, 1.0, "0 keeps the photo, 1 is the full fix", 0.0, 1.0)
+MAX_SIDE = Option("max_side", int, None, "Downscale first to this longest side; default: full size", 64, 100_000)
 
 
 @dataclass
@@ -53,25 +59,31 @@ def compare_view(before: Image.Image, after: Image.Image) -> Image.Image:
     return canvas
 
 
+def _max_side(job: Job) -> int:
+    side = MAX_SIDE.read(job.options)
+    return int(MAX_SIDE.hi) if side is None else side
+
+
 class Fix(Task):
     name = "fix"
-    weights = ("deblur",)
+    weights = (DEBLUR,)
+    options = (STRENGTH, MAX_SIDE)
 
     def plan(self, job: Job, limits: images.Limits) -> Plan:
-        option_float(job.options, "strength", 1.0, 0.0, 1.0)
+        STRENGTH.read(job.options)
         info = images.probe(image_input(job, "photo"), limits)
-        w, h = images.fit(info.width, info.height, option_int(job.options, "max_side", 100_000, 64, 100_000))
+        w, h = images.fit(info.width, info.height, _max_side(job))
         return Plan(key=("fix",), cost=w * h / 1e6)
 
-    def load(self, device: torch.device, channels_last: bool) -> DeblurNet:
+    def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> DeblurNet:
         net = DeblurNet()
-        net.load_state_dict(weights.load("deblur"))
+        net.load_state_dict(states[DEBLUR.key])
         return net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
 
     def prepare(self, job: Job, limits: images.Limits) -> Item:
         photo = images.decode(job.images["photo"], limits)
-        photo = images.resize(photo, images.fit(*photo.size, option_int(job.options, "max_side", 100_000, 64, 100_000)))
-        return Item(to_tensor(photo), option_float(job.options, "strength", 1.0, 0.0, 1.0))
+        photo = images.resize(photo, images.fit(*photo.size, _max_side(job)))
+        return Item(to_tensor(photo), STRENGTH.read(job.options))
 
     def run(self, net: DeblurNet, items: list[Item], ctx: RunContext) -> list[torch.Tensor]:
         tile = 512 if ctx.device.type == "cuda" else 256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,14 +10,18 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from models import images, weights
+from models import images
 from models.jobs import File, Job, Result
 from models.style.arbitrary import STYLE_SIZE, StylePredictor, StyleTransformer
 from models.style.presets import PresetStyleNet, parse_presets
-from models.tasks.base import OptionError, Plan, RunContext, Task, image_input, option_float, option_int, to_image, to_tensor
+from models.options import Option, OptionError
+from models.tasks.base import Plan, RunContext, StateDict, Task, image_input, to_image, to_tensor
+from models.weights import STYLE_ARBITRARY, STYLE_PRESETS
 
-DEFAULT_SIDE = 1024
-MAX_SIDE = 2048
+STRENGTH = Option("strength", float, 1.0, "How much style: 0 keeps the photo, 1 is the full style", 0.0, 1.0)
+MAX_SIDE = Option("max_side", int, 1024, "Longest side of the result in pixels; smaller photos keep their size", 64, 2048)
+PRESERVE_COLORS = Option("preserve_colors", bool, False, "Keep the photo's own colours and take only the brushwork")
+PRESETS = Option("presets", str, None, "A built-in style (used when no style image is given); blends like 3:0.5,12:0.5 work too")
 
 
 @dataclass
@@ -52,18 +57,17 @@ def preserve_colors(stylized: Image.Image, original: Image.Image) -> Image.Image
 
 class Stylize(Task):
     name = "stylize"
-    weights = ("style-arbitrary", "style-presets")
+    weights = (STYLE_ARBITRARY, STYLE_PRESETS)
+    options = (STRENGTH, MAX_SIDE, PRESERVE_COLORS, PRESETS)
 
     def _options(self, job: Job) -> tuple[float, int, bool, torch.Tensor | None]:
         o = job.options
-        strength = option_float(o, "strength", 1.0, 0.0, 1.0)
-        max_side = option_int(o, "max_side", DEFAULT_SIDE, 64, MAX_SIDE)
         presets = None
         if "style" not in job.images:
-            if "presets" not in o:
+            if PRESETS.read(o) is None:
                 raise OptionError("Give a style image or choose a preset style.")
-            presets = parse_presets(o["presets"])
-        return strength, max_side, bool(o.get("preserve_colors", False)), presets
+            presets = parse_presets(PRESETS.read(o))
+        return STRENGTH.read(o), MAX_SIDE.read(o), PRESERVE_COLORS.read(o), presets
 
     def plan(self, job: Job, limits: images.Limits) -> Plan:
         _, max_side, _, presets = self._options(job)
@@ -73,12 +77,12 @@ class Stylize(Task):
         size = images.fit(info.width, info.height, max_side)
         return Plan(key=("stylize", "image" if presets is None else "preset", size), cost=size[0] * size[1] / 1e6)
 
-    def load(self, device: torch.device, channels_last: bool) -> Nets:
-        state = weights.load("style-arbitrary")
+    def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> Nets:
+        state = states[STYLE_ARBITRARY.key]
         predictor, transformer, presets = StylePredictor(), StyleTransformer(), PresetStyleNet()
         predictor.load_state_dict({k.removeprefix("predictor."): v for k, v in state.items() if k.startswith("predictor.")})
         transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")})
-        presets.load_state_dict(weights.load("style-presets"))
+        presets.load_state_dict(states[STYLE_PRESETS.key])
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return Nets(*(net.to(device, memory_format=fmt).eval() for net in (predictor, transformer, presets)))
 

@@ -1,0 +1,18 @@
+"""The inference pool, in pieces with one job each.
+
+    config.py    PoolConfig: plain values, the defaults the settings take
+    devices.py   which devices, and process tuning for them
+    queue.py     FairQueue (servers and people served in turn) and the choice of the next batch
+    estimate.py  WaitEstimator: queue-wait estimates from measured speeds
+    worker.py    Worker: one device's networks and one batch run end to end (OOM recovery, output contract)
+    local.py     InferencePool: admission, scheduling and delivery on this machine's devices
+
+The queue, the estimator and the worker need no event loop and no pool: another front end
+(a Ray Serve replica) can reuse them.
+"""
+
+from models.pool.config import PoolConfig
+from models.pool.devices import keep_freed_memory, resolve_devices
+from models.pool.local import InferencePool
+
+__all__ = ["InferencePool", "PoolConfig", "keep_freed_memory", "resolve_devices"]

@@ -1,0 +1,26 @@
+"""The pool's configuration: plain values, with the defaults every other layer takes from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.images import Limits
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    max_batch: int = 8
+    max_batch_megapixels: float = 0.0  # 0: 4 on the CPU (bigger batches overflow its caches), unbounded on GPUs
+    batch_wait_s: float = 0.02
+    max_queue: int = 64  # jobs waiting; beyond it new jobs are refused
+    max_running_per_guild: int = 8  # one server's jobs running at once (over all devices); more wait their turn
+    job_timeout_s: float = 600.0
+    preload: bool = True  # load every model at start (else on first use)
+    warmup: bool = True
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA where a task allows it, fp32 on CPU), fp32, bf16, fp16
+    cpu_threads: int = 0  # 0: all cores
+    limits: Limits = Limits()
+    tasks: tuple[str, ...] | None = None  # task names to serve; None: every registered task
+    cache_dir: Path | None = None  # converted weights; None: EASEL_CACHE_DIR or its default
