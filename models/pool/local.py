@@ -279,7 +279,9 @@ class InferencePool:
         _call_soon(loop, self._settle, batch[i], outcome)
 
     def _settle(self, ticket: _Ticket, outcome: Outcome) -> None:
-        """On the event loop: hand a job's result (with its queue and run times) or error to its caller."""
+        """On the event loop: hand a job's result (with its queue and run times) or error to its caller.
+        From here on the job no longer counts as running, even while the rest of its batch finishes."""
+        self._running.discard(ticket)
         if ticket.future.done():
             return
         if isinstance(outcome, BaseException):
