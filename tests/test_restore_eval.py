@@ -101,7 +101,8 @@ def test_every_method_is_scored_on_the_same_interior():
 def tiny_report() -> dict:
     torch.manual_seed(0)
     images = {"blocks": textured_image(80, 96)}
-    return ev.evaluate(images, DeblurNet(), conditions=(ev.Condition("gaussian", 1.5),))
+    return ev.evaluate(images, DeblurNet(), conditions=(ev.Condition("gaussian", 1.5),),
+                       unseen=(ev.Condition("tremor", 9),))
 
 
 def test_a_tiny_run_reports_every_field():
@@ -126,8 +127,12 @@ def test_a_tiny_run_reports_every_field():
     assert set(targets) == {"psnr_gain_over_blurred_at_least_3db", "psnr_at_least_1db_above_best_blind_classical",
                             "ssim_up_over_blurred"}
     assert targets["psnr_gain_over_blurred_at_least_3db"] == (summary["ours_psnr_gain_over_blurred_db"] >= 3)
+    unseen = report["unseen_shake"]
+    assert list(unseen["conditions"]) == ["tremor-9"] and list(unseen["overall"]) == names
+    assert unseen["overall"] != report["overall"] and set(unseen["summary"]) == set(summary)
+    assert [c["name"] for c in report["settings"]["unseen_conditions"]] == ["tremor-9"]
     table = ev.markdown(report)
-    assert "| gaussian-1.5 |" in table and "| **overall** |" in table
+    assert "| gaussian-1.5 |" in table and "| **overall** |" in table and "| unseen tremor-9 |" in table
 
 
 def test_weights_load_from_a_checkpoint_or_safetensors(tmp_path):
@@ -148,6 +153,7 @@ def test_the_command_line_prints_json(tmp_path, monkeypatch, capsys):
     Image.fromarray((textured_image(128, 160) * 255).astype(np.uint8)).save(held_out / "blocks.png")
     torch.save({"ema": DeblurNet().state_dict()}, tmp_path / "checkpoint.pt")
     monkeypatch.setattr(ev, "CONDITIONS", (ev.Condition("defocus", 2),))
+    monkeypatch.setattr(ev, "UNSEEN_CONDITIONS", (ev.Condition("tremor", 9),))
     monkeypatch.setattr(sys, "argv", ["evaluate", "--weights", str(tmp_path / "checkpoint.pt"), "--data-dir",
                                       str(tmp_path / "data"), "--max-side", "96", "--markdown",
                                       "--out", str(tmp_path / "report.json")])
@@ -157,3 +163,4 @@ def test_the_command_line_prints_json(tmp_path, monkeypatch, capsys):
     assert report == json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["images"] == {"blocks": [77, 96]} and report["settings"]["max_side"] == 96
     assert list(report["conditions"]) == ["defocus-2"] and "| **overall** |" in err
+    assert list(report["unseen_shake"]["conditions"]) == ["tremor-9"]

@@ -1,13 +1,16 @@
-"""How much DeblurNet helps on held-out photos, against the blurred input and classical baselines, as JSON.
+"""How much the deblurring net helps on held-out photos, against the blurred input and classical baselines, as JSON.
 
     python -m models.restore.evaluate [--weights PATH] [--images N] [--max-side 768] [--markdown]
 
 Every held-out photo (never seen in training) is downscaled once, then degraded under fixed,
 seeded conditions: motion blur, defocus and Gaussian blur at three strengths each, always
-followed by Gaussian noise (sigma 0.01). Each degraded image is restored by:
+followed by Gaussian noise (sigma 0.01). A second set, reported beside the first, blurs them with
+camera shake of a family training never draws from (hand tremor: loops and figure eights, 9, 15
+and 21 px), so a net that learned its generators' shapes rather than shake shows it there.
+Each degraded image is restored by:
 
 - `blurred`: the input itself, the floor any method must beat;
-- `ours`: DeblurNet at full resolution through overlapping tiles, as /fix runs it;
+- `ours`: the net at full resolution through overlapping tiles, as /fix runs it;
 - `unsharp`: unsharp masking, the blind classical baseline (it, like ours, sees only the photo);
 - `wiener`, `richardson_lucy`: non-blind deconvolution given the TRUE kernel, which no user has:
   an upper reference, for information.
@@ -44,8 +47,8 @@ from skimage.restoration import richardson_lucy, wiener
 
 from models import weights
 from models.restore import photos
-from models.restore.degrade import blur, disk_kernel, gaussian_kernel, motion_kernel
-from models.restore.net import DeblurNet
+from models.restore.degrade import blur, disk_kernel, gaussian_kernel, motion_kernel, tremor_kernel
+from models.restore.net import from_state
 from models.restore.tiling import restore_tiled
 
 SEED = 2024
@@ -62,7 +65,7 @@ TILE, OVERLAP, TILE_BATCH = 256, 32, 4
 
 @dataclass(frozen=True)
 class Condition:
-    kind: str  # "motion", "defocus" or "gaussian"
+    kind: str  # "motion", "defocus", "gaussian" or "tremor"
     size: float  # trajectory length, disk radius or sigma, in pixels
 
     @property
@@ -75,6 +78,8 @@ CONDITIONS: tuple[Condition, ...] = (
     *(Condition("defocus", s) for s in (2, 3, 4)),
     *(Condition("gaussian", s) for s in (1.5, 2.0, 3.0)),
 )
+
+UNSEEN_CONDITIONS: tuple[Condition, ...] = tuple(Condition("tremor", s) for s in (9, 15, 21))
 
 Candidates = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
@@ -112,6 +117,8 @@ def degrade(sharp: np.ndarray, condition: Condition, image_index: int, seed: int
     rng = np.random.default_rng([seed, image_index, zlib.crc32(condition.name.encode())])
     if condition.kind == "motion":
         kernel = motion_kernel(rng, condition.size)
+    elif condition.kind == "tremor":
+        kernel = tremor_kernel(rng, condition.size)
     elif condition.kind == "defocus":
         kernel = disk_kernel(condition.size)
     else:
@@ -164,8 +171,8 @@ def richardson_lucy_candidates(degraded: np.ndarray, kernel: np.ndarray) -> dict
             for n in RL_ITERATIONS}
 
 
-def network_candidates(net: DeblurNet) -> Candidates:
-    """DeblurNet as /fix runs it: full resolution, overlapping tiles, inference mode."""
+def network_candidates(net: torch.nn.Module) -> Candidates:
+    """The net as /fix runs it: full resolution, overlapping tiles, inference mode."""
     def run(degraded: np.ndarray, kernel: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             (out,) = restore_tiled(net, [torch.from_numpy(degraded).permute(2, 0, 1)], tile=TILE, overlap=OVERLAP,
@@ -174,10 +181,10 @@ def network_candidates(net: DeblurNet) -> Candidates:
     return run
 
 
-def benchmark_methods(net: DeblurNet) -> list[Method]:
+def benchmark_methods(net: torch.nn.Module) -> list[Method]:
     return [
         Method("blurred", "input", lambda degraded, kernel: {"": degraded}),
-        Method("ours", "DeblurNet (blind)", network_candidates(net)),
+        Method("ours", f"{type(net).__name__} (blind)", network_candidates(net)),
         Method("unsharp", "blind classical, oracle-tuned", unsharp_candidates),
         Method("wiener", "non-blind classical (true kernel), oracle-tuned", wiener_candidates),
         Method("richardson_lucy", "non-blind classical (true kernel), oracle-tuned", richardson_lucy_candidates),
@@ -270,30 +277,43 @@ def benchmark_settings(images: dict[str, np.ndarray], conditions: tuple[Conditio
     }
 
 
-def evaluate(images: dict[str, np.ndarray], net: DeblurNet, conditions: tuple[Condition, ...] = CONDITIONS,
-             seed: int = SEED, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """The full report for sharp HxWx3 float images (by name, in index order) under each condition."""
+def evaluate(images: dict[str, np.ndarray], net: torch.nn.Module, conditions: tuple[Condition, ...] = CONDITIONS,
+             unseen: tuple[Condition, ...] = UNSEEN_CONDITIONS, seed: int = SEED,
+             log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """The full report for sharp HxWx3 float images (by name, in index order) under each condition;
+    the `unseen` shake conditions are aggregated apart, under "unseen_shake"."""
     net.eval()
     chosen = benchmark_methods(net)
     rows = []
     for index, (name, sharp) in enumerate(images.items()):
-        for condition in conditions:
+        for condition in (*conditions, *unseen):
             kernel, degraded = degrade(sharp, condition, index, seed)
             scores = evaluate_case(sharp, degraded, kernel, chosen)
             rows += [{"image": name, "condition": condition.name, "kind": condition.kind, "method": m, **vars(s)}
                      for m, s in scores.items()]
             log(f"{name} {condition.name}: " + ", ".join(f"{m} {s.psnr:.2f} dB" for m, s in scores.items()))
-    return {"benchmark": "models.restore.evaluate", "machine": machine(),
-            "settings": benchmark_settings(images, conditions, seed), "methods": {m.name: m.family for m in chosen},
-            **aggregate(rows, conditions, [m.name for m in chosen])}
+    names = [m.name for m in chosen]
+    seen = {c.name for c in conditions}
+    report = {"benchmark": "models.restore.evaluate", "machine": machine(),
+              "settings": benchmark_settings(images, conditions, seed), "methods": {m.name: m.family for m in chosen},
+              **aggregate([r for r in rows if r["condition"] in seen], conditions, names)}
+    if unseen:
+        report["settings"]["unseen_conditions"] = [{"name": c.name, "kind": c.kind, "size_px": c.size} for c in unseen]
+        report["unseen_shake"] = aggregate([r for r in rows if r["condition"] not in seen], unseen, names)
+    return report
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """PSNR / SSIM per condition, per kind and overall, one column per method."""
+    """PSNR / SSIM per condition, per kind and overall, one column per method; the unseen shake
+    family's conditions and mean below a rule, beside the benchmark's rows."""
     names = list(report["methods"])
     lines = ["| condition | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     sections = [*report["conditions"].items(), *((f"**{k}**", v) for k, v in report["kinds"].items()),
                 ("**overall**", report["overall"])]
+    if "unseen_shake" in report:
+        unseen = report["unseen_shake"]
+        sections += [*((f"unseen {c}", v) for c, v in unseen["conditions"].items()),
+                     ("**unseen shake**", unseen["overall"])]
     for label, scores in sections:
         lines.append(f"| {label} | " + " | ".join(f"{scores[n]['psnr']:.2f} / {scores[n]['ssim']:.3f}" for n in names) + " |")
     lines.append("\nPSNR (dB) / SSIM on the interior. unsharp, wiener and richardson_lucy are oracle-tuned per image; "
@@ -301,17 +321,16 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_net(weights_path: Path | None) -> DeblurNet:
-    """Our registry weights, or a given .safetensors file or training checkpoint (its EMA weights)."""
+def load_net(weights_path: Path | None) -> torch.nn.Module:
+    """Our registry weights, or a given .safetensors file or training checkpoint (its EMA weights);
+    the architecture follows from the weights."""
     if weights_path is None:
         state = weights.load("deblur")
     elif weights_path.suffix == ".pt":
         state = torch.load(weights_path, map_location="cpu", weights_only=False)["ema"]
     else:
-        state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
-    net = DeblurNet()
-    net.load_state_dict(state)
-    return net.eval()
+        state = load_file(str(weights_path))
+    return from_state(state)
 
 
 def main() -> None:
@@ -327,7 +346,8 @@ def main() -> None:
     data_dir = args.data_dir or photos.default_data_dir()
     held_out = list(photos.load_split(data_dir, "held_out").items())[:args.images]
     images = {name: load_image(array, args.max_side) for name, array in held_out}
-    report = evaluate(images, load_net(args.weights), CONDITIONS, log=lambda line: print(line, file=sys.stderr, flush=True))
+    report = evaluate(images, load_net(args.weights), CONDITIONS, UNSEEN_CONDITIONS,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
     report["settings"].update(weights=str(args.weights or "registry: deblur"), data_dir=str(data_dir), max_side=args.max_side)
     text = json.dumps(report, indent=2)
     print(text)

@@ -1,10 +1,16 @@
-"""Train DeblurNet from scratch on a CPU, reproducibly (seeded data, degradations and init).
+"""Train WienerDeblurNet, reproducibly, on a CPU or a GPU (same script, same recipe).
 
-    python -m models.restore.train --out models/restore/weights
+    python -m models.restore.photos pack --out .data/photos.npz          # once, where there is network
+    python -m models.restore.train --device cuda --minutes 6 --data .data/photos.npz --out DIR
 
-writes deblur.safetensors (fp16, the EMA weights), training.json (recipe, data, timings)
-and loss_curve.csv / loss_curve.png. A checkpoint every few hundred steps lets an
-interrupted run continue with --resume and land on the same weights.
+stops at whichever of --steps / --minutes comes first (the learning rate follows whichever is
+further along) and writes exactly three files to DIR: deblur.safetensors (fp16, the EMA
+weights), training.json (recipe, seed, steps reached, time, device, data) and loss_curve.csv.
+--checkpoint PATH saves a resumable checkpoint there every few minutes and at the end;
+--resume PATH continues from one. It never fetches anything: the photos come packed.
+
+Everything per step runs on the device in batches: crops are cut from device-resident photos,
+blurred by FFT with per-crop kernels and noised there; only the kernels are drawn on the CPU.
 """
 
 from __future__ import annotations
@@ -20,235 +26,304 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from models.restore import photos
-from models.restore.degrade import Degradation, apply_degradation, disk_kernel, gaussian_kernel, motion_kernel
-from models.restore.degrade import sample_training_degradation
-from models.restore.net import DeblurNet
+from models.restore.degrade import motion_kernel, disk_kernel, gaussian_kernel, on_grid, sample_training_kernels
+from models.restore.degrade import shake_tremor, splat_trajectories
+from models.restore.fourier import KERNEL_SIZE, fast_size, kernel_spectrum
+from models.restore.net import WienerDeblurNet
 from models.weights import save_half
 
 
 @dataclass(frozen=True)
 class Recipe:
     seed: int = 1234
-    steps: int = 12000
-    batch: int = 6
-    crop: int = 160
+    steps: int = 100_000  # an upper bound; --minutes usually ends the run first
+    minutes: float = 6.0
+    batch: int = 48
+    crop: int = 256
     lr: float = 1e-3
-    min_lr: float = 1e-6
-    warmup: int = 300
-    weight_decay: float = 0.0
+    min_lr: float = 1e-5
+    warmup: int = 200
     ema_decay: float = 0.999
     grad_clip: float = 0.5
-    max_zoom_out: float = 2.5  # crops cover 1x..2.5x the patch and are downscaled: scale augmentation
+    kernel_weight: float = 0.02  # times the kernel's L1 error (0..2): supervise the estimate with the true kernel
+    latent_weight: float = 0.5  # times the L1 error of the latent grey image against the sharp one
+    max_noise: float = 0.025
+    noise_prob: float = 0.8
+    scales: tuple[float, ...] = (1.0, 0.7, 0.5)  # photos are also cropped downscaled: scale augmentation
+    amp: bool = True  # bf16 autocast for the convolutions on CUDA (the FFTs always run in float32)
 
 
-FLAT = 0.008  # mean absolute neighbour difference below which a patch counts as flat
-KEEP_FLAT = 0.15
+CPU_BATCH = 6
+FLAT = 0.008  # mean absolute neighbour difference below which a crop counts as flat
+KEEP_FLAT = 0.15  # the share of flat crops kept anyway: the net must leave flat areas alone too
+PRINT_SECONDS, VALIDATE_SECONDS, CHECKPOINT_SECONDS = 15.0, 60.0, 120.0
 
 
-def texture(patch: torch.Tensor) -> float:
-    grey = patch.mean(0)
-    return float(((grey[1:] - grey[:-1]).abs().mean() + (grey[:, 1:] - grey[:, :-1]).abs().mean()) / 2)
+class Crops:
+    """Training photos resident on the device, at a few scales, cut into random augmented crops."""
 
-
-class PatchSampler:
-    """Random sharp/blurred training pairs from whole photos, one degradation per patch."""
-
-    def __init__(self, images: dict[str, np.ndarray], rng: np.random.Generator, max_zoom: float) -> None:
-        self.max_zoom = max_zoom
-        self.images = [torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous() for a in images.values()]
+    def __init__(self, images: dict[str, np.ndarray], scales: tuple[float, ...], device: torch.device) -> None:
+        self.images = []
+        for array in images.values():
+            for s in scales:
+                image = Image.fromarray(array)
+                if s != 1.0:
+                    image = image.resize((round(image.width * s), round(image.height * s)), Image.Resampling.LANCZOS)
+                self.images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).to(device))
         areas = np.array([im.shape[1] * im.shape[2] for im in self.images], dtype=np.float64)
         self.weights = areas / areas.sum()
-        self.rng = rng
+        self.device = device
 
-    def _crop(self, size: int) -> torch.Tensor:
-        """A random patch, mostly textured: flat or out-of-focus patches teach nothing about edges."""
-        for _ in range(10):
-            patch = self._any_crop(size)
-            if texture(patch) >= FLAT or self.rng.uniform() < KEEP_FLAT:
-                break
-        return patch
+    def _cut(self, rng: np.random.Generator, n: int, size: int) -> torch.Tensor:
+        picks = rng.choice(len(self.images), size=n, p=self.weights)
+        crops = []
+        for i in picks:
+            _, h, w = self.images[i].shape
+            top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            crops.append(self.images[i][:, top:top + size, left:left + size])
+        return torch.stack(crops).float() / 255
 
-    def _any_crop(self, size: int) -> torch.Tensor:
-        image = self.images[self.rng.choice(len(self.images), p=self.weights)]
-        _, h, w = image.shape
-        zoom = self.rng.uniform(1.0, self.max_zoom)
-        region = min(int(size * zoom), h, w)
-        top = int(self.rng.integers(0, h - region + 1))
-        left = int(self.rng.integers(0, w - region + 1))
-        patch = image[:, top:top + region, left:left + region].float()[None] / 255
-        if region != size:
-            patch = F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        patch = patch[0]
-        if self.rng.uniform() < 0.5:
-            patch = patch.flip(2)
-        patch = torch.rot90(patch, int(self.rng.integers(4)), (1, 2))
-        return patch[torch.from_numpy(self.rng.permutation(3))].clamp(0, 1)
-
-    def pair(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        d = sample_training_degradation(self.rng)
-        sharp = self._crop(size + 2 * d.margin)
-        blurred = apply_degradation(sharp, d, self.rng)
-        return blurred, sharp[:, d.margin:d.margin + size, d.margin:d.margin + size]
-
-    def batch(self, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self.pair(size) for _ in range(n)]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    def sample(self, rng: np.random.Generator, n: int, size: int) -> torch.Tensor:
+        """n crops, mostly textured (flat ones teach nothing about edges), in any of 8 orientations
+        and with colour channels permuted."""
+        candidates = self._cut(rng, 2 * n, size)
+        grey = candidates.mean(1)
+        texture = ((grey[:, 1:] - grey[:, :-1]).abs().mean((1, 2)) + (grey[:, :, 1:] - grey[:, :, :-1]).abs().mean((1, 2))) / 2
+        keep = (texture >= FLAT) | torch.from_numpy(rng.uniform(size=2 * n) < KEEP_FLAT).to(self.device)
+        order = torch.argsort(keep.float() + torch.from_numpy(rng.uniform(0, 0.5, 2 * n)).to(self.device), descending=True)
+        crops = candidates[order[:n]]
+        flips = torch.from_numpy(rng.uniform(size=(3, n)) < 0.5).to(self.device)[..., None, None, None]
+        crops = torch.where(flips[0], crops.flip(-1), crops)
+        crops = torch.where(flips[1], crops.flip(-2), crops)
+        crops = torch.where(flips[2], crops.transpose(-1, -2), crops)
+        permutation = torch.from_numpy(np.argsort(rng.uniform(size=(n, 3)), axis=1)).to(self.device)
+        return torch.gather(crops, 1, permutation[:, :, None, None].expand_as(crops)).contiguous()
 
 
-def validation_set(images: dict[str, np.ndarray], seed: int = 999, size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed held-out crops, each with a fixed blur (motion 12 px, disk r=3, Gaussian 2) and noise 0.01."""
+def blur_valid(sharp: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Each (3, S + k - 1)^2 crop convolved with its own (k, k) kernel by FFT, keeping the valid S x S."""
+    k = kernels.shape[-1]
+    h, w = sharp.shape[-2:]
+    grid = fast_size(h), fast_size(w)  # zero-padded: the valid part sees no wrap-around either way
+    blurred = torch.fft.irfft2(torch.fft.rfft2(sharp, s=grid) * kernel_spectrum(kernels, *grid)[:, None], s=grid)
+    return blurred[..., k // 2:h - k // 2, k // 2:w - k // 2]
+
+
+@dataclass
+class Batch:
+    blurred: torch.Tensor
+    sharp: torch.Tensor
+    kernels: torch.Tensor
+
+
+def training_batch(crops: Crops, rng: np.random.Generator, gen: torch.Generator, r: Recipe) -> Batch:
+    kernels_np, _ = sample_training_kernels(rng, r.batch, KERNEL_SIZE)
+    kernels = torch.from_numpy(kernels_np).to(crops.device)
+    sharp = crops.sample(rng, r.batch, r.crop + KERNEL_SIZE - 1)
+    sigma = rng.uniform(0, r.max_noise, r.batch) * (rng.uniform(size=r.batch) < r.noise_prob)
+    blurred = blur_valid(sharp, kernels)
+    noise = torch.randn(blurred.shape, generator=gen, device=crops.device)
+    blurred = (blurred + torch.from_numpy(sigma).float().to(crops.device)[:, None, None, None] * noise).clamp(0, 1)
+    m = KERNEL_SIZE // 2
+    return Batch(blurred, sharp[..., m:m + r.crop, m:m + r.crop], kernels)
+
+
+def validation_batch(images: dict[str, np.ndarray], device: torch.device, size: int = 256,
+                     seed: int = 999) -> tuple[list[str], Batch]:
+    """Fixed held-out crops (of the training crop size) under a fixed blur each, noise 0.01:
+    benchmark-style shake (12 px), defocus 3, Gaussian 2 and tremor shake (15 px), a family
+    training never draws."""
     rng = np.random.default_rng(seed)
-    kernels = [("motion", motion_kernel(rng, 12.0)), ("defocus", disk_kernel(3.0)), ("gaussian", gaussian_kernel(2.0))]
-    pairs = []
+    names, sharps, kernels = [], [], []
     for array in images.values():
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
-        for kind, kernel in kernels:
-            d = Degradation(kind, kernel, 0.01, None)
-            m = d.margin
-            top = int(rng.integers(0, image.shape[1] - size - 2 * m))
-            left = int(rng.integers(0, image.shape[2] - size - 2 * m))
-            sharp = image[:, top:top + size + 2 * m, left:left + size + 2 * m]
-            pairs.append((apply_degradation(sharp, d, rng), sharp[:, m:m + size, m:m + size]))
-    return pairs
+        for kind in ("motion", "defocus", "gaussian", "tremor"):
+            if kind == "motion":
+                kernel = on_grid(motion_kernel(rng, 12.0), KERNEL_SIZE)
+            elif kind == "defocus":
+                kernel = on_grid(disk_kernel(3.0), KERNEL_SIZE)
+            elif kind == "gaussian":
+                kernel = on_grid(gaussian_kernel(2.0), KERNEL_SIZE)
+            else:
+                kernel = splat_trajectories(*shake_tremor(rng, 1), np.array([15.0]), KERNEL_SIZE)[0]
+            full = size + KERNEL_SIZE - 1
+            top, left = int(rng.integers(0, array.shape[0] - full)), int(rng.integers(0, array.shape[1] - full))
+            sharps.append(torch.from_numpy(array[top:top + full, left:left + full].copy()).permute(2, 0, 1).float() / 255)
+            kernels.append(torch.from_numpy(kernel))
+            names.append(kind)
+    sharp, kernel = torch.stack(sharps).to(device), torch.stack(kernels).to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    blurred = blur_valid(sharp, kernel)
+    blurred = (blurred + 0.01 * torch.randn(blurred.shape, generator=gen, device=device)).clamp(0, 1)
+    m = KERNEL_SIZE // 2
+    return names, Batch(blurred, sharp[..., m:m + size, m:m + size], kernel)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / F.mse_loss(a.clamp(0, 1), b)))
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR on the interior (16 px border cropped)."""
+    mse = ((a.clamp(0, 1) - b) ** 2)[..., 16:-16, 16:-16].mean((1, 2, 3))
+    return 10 * torch.log10(1 / mse)
 
 
-@torch.inference_mode()
-def evaluate(net: DeblurNet, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+@torch.no_grad()
+def validate(net: WienerDeblurNet, names: list[str], val: Batch) -> dict[str, float]:
+    """Mean PSNR gain over the blurred input, per kind, of the output and of the Wiener stage alone."""
     net.eval()
-    before = [psnr(b, s) for b, s in pairs]
-    after = [psnr(net(b[None])[0], s) for b, s in pairs]
+    parts = [net.parts(val.blurred[i:i + 8]) for i in range(0, len(names), 8)]
     net.train()
-    return float(np.mean(before)), float(np.mean(after))
+    restored = torch.cat([p.restored for p in parts])
+    deconvolved = torch.cat([p.deconvolved for p in parts])
+    kernel_l1 = torch.cat([(p.kernel - val.kernels[i * 8:i * 8 + len(p.kernel)]).abs().sum((1, 2)) for i, p in enumerate(parts)])
+    before = _psnr(val.blurred, val.sharp)
+    gain, wiener_gain = _psnr(restored, val.sharp) - before, _psnr(deconvolved, val.sharp) - before
+    row = {}
+    for kind in dict.fromkeys(names):
+        sel = torch.tensor([n == kind for n in names], device=val.blurred.device)
+        row[f"gain_{kind}"] = round(float(gain[sel].mean()), 3)
+        row[f"wiener_gain_{kind}"] = round(float(wiener_gain[sel].mean()), 3)
+        row[f"kernel_l1_{kind}"] = round(float(kernel_l1[sel].mean()), 3)
+    row["gain"] = round(float(gain.mean()), 3)
+    return row
 
 
-def learning_rate(step: int, r: Recipe) -> float:
-    if step < r.warmup:
-        return r.lr * (step + 1) / r.warmup
-    t = (step - r.warmup) / max(1, r.steps - r.warmup)
-    return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * t))
+def learning_rate(progress: float, step: int, r: Recipe) -> float:
+    """Linear warm-up over `warmup` steps or the first 3 % of the run, whichever ends first; then cosine."""
+    warm = max((step + 1) / r.warmup, progress / 0.03)
+    if warm < 1:
+        return r.lr * warm
+    return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def plot_curve(rows: list[dict], path: Path) -> None:
-    """A small PNG of training loss and validation PSNR, drawn with Pillow (no plotting library)."""
-    from PIL import Image, ImageDraw
-
-    w, h, pad = 720, 360, 48
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    steps = [r["step"] for r in rows]
-    last = max(steps) or 1
-
-    def series(key: str, colour: str, label: str, y: int) -> None:
-        points = [(r["step"], r[key]) for r in rows if r.get(key) not in (None, "")]
-        if len(points) < 2:
-            return
-        values = [float(v) for _, v in points]
-        lo, hi = min(values), max(values)
-        span = (hi - lo) or 1.0
-        xy = [(pad + (s / last) * (w - 2 * pad), h - pad - (float(v) - lo) / span * (h - 2 * pad)) for s, v in points]
-        draw.line(xy, fill=colour, width=2)
-        draw.text((pad, y), f"{label}: {values[0]:.4g} -> {values[-1]:.4g} (range {lo:.4g}..{hi:.4g})", fill=colour)
-
-    draw.rectangle([pad, pad, w - pad, h - pad], outline="grey")
-    series("loss", "blue", "train L1 loss (mean of last 50 steps)", 8)
-    series("val_psnr", "red", "held-out PSNR after (dB)", 22)
-    draw.text((pad, h - pad + 8), f"step 0 .. {last}", fill="black")
-    img.save(path)
+def losses(net: WienerDeblurNet, batch: Batch, r: Recipe) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    parts = net.parts(batch.blurred)
+    image = F.l1_loss(parts.restored, batch.sharp)
+    kernel = (parts.kernel - batch.kernels).abs().sum((1, 2)).mean()
+    latent = F.l1_loss(parts.latent.float(), batch.sharp.mean(1, keepdim=True))
+    total = image + r.kernel_weight * kernel + r.latent_weight * latent
+    return total, {"loss": total, "image_l1": image, "kernel_l1": kernel, "latent_l1": latent}
 
 
-def train(recipe: Recipe, out: Path, data_dir: Path, resume: bool) -> None:
-    torch.manual_seed(recipe.seed)
-    rng = np.random.default_rng(recipe.seed)
-    photos.prepare(data_dir)
-    sampler = PatchSampler(photos.load_split(data_dir, "train"), rng, recipe.max_zoom_out)
-    val = validation_set(photos.load_split(data_dir, "held_out"))
-    net = DeblurNet().to(memory_format=torch.channels_last)
-    ema = DeblurNet()
+def train(r: Recipe, data: Path, out: Path, device: torch.device, resume: Path | None, checkpoint: Path | None) -> None:
+    torch.manual_seed(r.seed)
+    rng = np.random.default_rng(r.seed)
+    gen = torch.Generator(device=device).manual_seed(r.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    crops = Crops(photos.load_packed(data, "train"), r.scales, device)
+    names, val = validation_batch(photos.load_packed(data, "held_out"), device, r.crop)
+    net = WienerDeblurNet().to(device, memory_format=torch.channels_last)
+    ema = WienerDeblurNet().to(device)
     ema.load_state_dict(net.state_dict())
-    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, betas=(0.9, 0.9), weight_decay=recipe.weight_decay)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
+    opt = torch.optim.AdamW(net.parameters(), lr=r.lr, betas=(0.9, 0.9), weight_decay=0.0)
     rows: list[dict] = []
-    start, elapsed = 0, 0.0
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    start, elapsed_before = 0, 0.0
+    if resume is not None:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
         net.load_state_dict(ckpt["net"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
         rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        start, rows, elapsed = ckpt["step"], ckpt["rows"], ckpt["elapsed"]
-        print(f"resumed at step {start}")
-    losses: list[float] = []
-    t0 = time.time() - elapsed
-    for step in range(start, recipe.steps):
+        gen.set_state(ckpt["gen"])
+        start, rows, elapsed_before = ckpt["step"], ckpt["rows"], ckpt["elapsed"]
+        print(f"resumed at step {start}", flush=True)
+    amp = r.amp and device.type == "cuda"
+    budget = r.minutes * 60
+    t0 = time.time() - elapsed_before
+    last_print = last_val = last_ckpt = time.time()
+    sums: dict[str, torch.Tensor] = {}
+    count, step, val_seconds = 0, start, 0.0
+
+    def save_checkpoint() -> None:
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "rng": rng.bit_generator.state, "gen": gen.get_state(), "step": step, "rows": rows,
+                        "elapsed": time.time() - t0, "recipe": asdict(r)}, checkpoint)
+
+    while step < r.steps and time.time() - t0 < budget:
+        progress = max(step / r.steps, (time.time() - t0) / budget)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(step, recipe)
-        blurred, sharp = sampler.batch(recipe.batch, recipe.crop)
-        blurred = blurred.contiguous(memory_format=torch.channels_last)
-        loss = F.l1_loss(net(blurred), sharp)
+            group["lr"] = learning_rate(progress, step, r)
+        batch = training_batch(crops, rng, gen, r)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, parts = losses(net, Batch(batch.blurred.contiguous(memory_format=torch.channels_last), batch.sharp,
+                                            batch.kernels), r)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), r.grad_clip)
         opt.step()
+        step += 1
+        decay = min(r.ema_decay, (1 + step) / (10 + step))  # early on the EMA follows closely
         with torch.no_grad():
-            for e, p in zip(ema.state_dict().values(), net.state_dict().values()):
-                e.lerp_(p, 1 - recipe.ema_decay) if e.is_floating_point() else e.copy_(p)
-        losses.append(float(loss.detach()))
-        done = step + 1
-        if done % 50 == 0:
-            row = {"step": done, "loss": float(np.mean(losses[-50:])), "lr": learning_rate(step, recipe),
-                   "seconds": round(time.time() - t0, 1)}
-            if done % 500 == 0 or done == recipe.steps:
-                row["val_psnr_in"], row["val_psnr"] = evaluate(ema, val)
+            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0) + value.detach().float()
+        count += 1
+        now = time.time()
+        if now - last_print >= PRINT_SECONDS or step == r.steps or now - t0 >= budget:
+            row = {"step": step, "seconds": round(now - t0, 1), "lr": learning_rate(progress, step, r),
+                   **{k: round(float(v) / count, 5) for k, v in sums.items()}}
+            if now - last_val >= max(VALIDATE_SECONDS, 10 * val_seconds) or step == r.steps or now - t0 >= budget:
+                row.update(validate(ema, names, val))
+                val_seconds, last_val = time.time() - now, time.time()
             rows.append(row)
-            rate = done - start
-            eta = (time.time() - t0 - elapsed) / max(rate, 1) * (recipe.steps - done)
-            print(json.dumps(row), f"eta {eta / 60:.0f} min", flush=True)
-        if done % 250 == 0 or done == recipe.steps:
-            torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": done,
-                        "rows": rows, "elapsed": time.time() - t0}, ckpt_path)
+            print(json.dumps(row), f"{count / (now - last_print):.2f} it/s", flush=True)
+            sums, count, last_print = {}, 0, time.time()
+        if time.time() - last_ckpt >= CHECKPOINT_SECONDS:
+            save_checkpoint()
+            last_ckpt = time.time()
+    save_checkpoint()
+    write_outputs(out, ema, rows, r, data, device, step, time.time() - t0)
+
+
+def write_outputs(out: Path, ema: WienerDeblurNet, rows: list[dict], r: Recipe, data: Path, device: torch.device,
+                  step: int, seconds: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     save_half(ema, out / "deblur.safetensors")
+    fields = list(dict.fromkeys(key for row in rows for key in row))
     with open(out / "loss_curve.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "seconds", "val_psnr_in", "val_psnr"])
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    plot_curve(rows, out / "loss_curve.png")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     report = {
-        "command": "python -m models.restore.train --out " + str(out),
-        "recipe": asdict(recipe),
-        "data": {"debian_packages": photos.DEBIAN_PACKAGES,
-                 "photos": [asdict(p) for p in photos.PHOTOS]},
-        "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
-        "train_seconds": round(time.time() - t0), "final": rows[-1] if rows else None,
+        "command": "python -m models.restore.train --device {} --minutes {:g} --steps {} --seed {} --data {} --out {}".format(
+            device.type, r.minutes, r.steps, r.seed, data, out),
+        "recipe": asdict(r), "seed": r.seed, "steps_reached": step, "train_seconds": round(seconds, 1),
+        "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()},
+        "torch": torch.__version__,
+        "data": {"file": str(data), "bytes": data.stat().st_size, "packing": "python -m models.restore.photos pack",
+                 "debian_packages": photos.DEBIAN_PACKAGES, "photos": [asdict(p) for p in photos.PHOTOS]},
+        "final": rows[-1] if rows else None,
     }
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    ckpt_path.unlink(missing_ok=True)
-    print(f"wrote {out / 'deblur.safetensors'}")
+    print(f"wrote {out / 'deblur.safetensors'} after {step} steps, {seconds / 60:.1f} min", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
-    parser.add_argument("--data-dir", type=Path, default=None, help="prepared photos (default: in the cache)")
+    parser.add_argument("--data", type=Path, required=True, help="photos packed by `python -m models.restore.photos pack`")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--minutes", type=float, default=Recipe.minutes)
     parser.add_argument("--steps", type=int, default=Recipe.steps)
     parser.add_argument("--seed", type=int, default=Recipe.seed)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--prepare-only", action="store_true", help="fetch and prepare the photos, then stop")
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"crops per step (default: {Recipe.batch} on CUDA, {CPU_BATCH} on a CPU, whose memory "
+                             "holds no more)")
+    parser.add_argument("--crop", type=int, default=Recipe.crop)
+    parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="save a resumable checkpoint here")
     args = parser.parse_args()
-    data_dir = args.data_dir or photos.default_data_dir()
-    if args.prepare_only:
-        print(photos.prepare(data_dir))
-        return
-    train(Recipe(seed=args.seed, steps=args.steps), args.out, data_dir, args.resume)
+    if not args.data.exists():
+        parser.error(f"{args.data} is missing: run `python -m models.restore.photos pack --out {args.data}` first")
+    batch = args.batch or (Recipe.batch if args.device.startswith("cuda") else CPU_BATCH)
+    recipe = Recipe(seed=args.seed, steps=args.steps, minutes=args.minutes, batch=batch, crop=args.crop)
+    train(recipe, args.data, args.out, torch.device(args.device), args.resume, args.checkpoint)
 
 
 if __name__ == "__main__":
