@@ -87,18 +87,16 @@ def _gradients(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([dx, dy], 1)
 
 
-def estimate_kernel(latent: torch.Tensor, blurred: torch.Tensor, damping: torch.Tensor | float,
-                    floor: torch.Tensor | float = 0.05, size: int = KERNEL_SIZE) -> torch.Tensor:
-    """The kernel k that best explains blurred = k * latent, in closed form (N, 1, H, W) x2 -> (N, size, size).
+def least_squares_kernel(latent: torch.Tensor, blurred: torch.Tensor, damping: torch.Tensor | float,
+                         size: int = KERNEL_SIZE) -> torch.Tensor:
+    """The kernel k that best explains blurred = k * latent, in closed form: (N, 1, H, W) x2 -> (N, size, size).
 
     Least squares on image gradients, solved per frequency (Cho & Lee 2009, Schuler et al. 2016):
     K = (sum_d conj(L_d) B_d + e) / (sum_d |L_d|^2 + e), where e (damping times the mean gradient
-    energy) pulls frequencies without evidence towards the identity kernel. The result is cut to
-    `size` around the centre; values below `floor` times its peak are dropped (noise spreads a faint
-    haze over the whole support, which would otherwise hold much of the mass: measured on a 15 px
-    shake at noise 0.01, a floor of 0.05 halves the kernel's L1 error and lifts the Wiener result by
-    2.5 dB), and it is normalised to sum 1. Gradients are windowed
-    (edges faded) and zero-padded, so the circular correlation sees no wrap-around.
+    energy) pulls frequencies without evidence towards the identity kernel; cut to `size` around
+    the centre. Raw: it may hold small negative values and a faint haze (see `clean_kernel`), and
+    it is differentiable everywhere, so training can supervise it against the true kernel.
+    Gradients are windowed (edges faded) and zero-padded, so the correlation sees no wrap-around.
     """
     with torch.autocast(latent.device.type, enabled=False):
         h, w = latent.shape[-2:]
@@ -111,9 +109,20 @@ def estimate_kernel(latent: torch.Tensor, blurred: torch.Tensor, damping: torch.
         e = torch.as_tensor(damping, dtype=torch.float32, device=latent.device).reshape(-1, 1, 1) * \
             energy.mean((-2, -1), keepdim=True) + 1e-10
         k = torch.fft.irfft2(((lat.conj() * blu).sum(1) + e) / (energy + e), s=grid)
-        k = torch.roll(k, (size // 2, size // 2), (-2, -1))[..., :size, :size]
-        floor = torch.as_tensor(floor, dtype=torch.float32, device=k.device).reshape(-1, 1, 1)
-        k = (k - floor * k.amax((-2, -1), keepdim=True)).clamp_min(0)
+        return torch.roll(k, (size // 2, size // 2), (-2, -1))[..., :size, :size]
+
+
+def clean_kernel(raw: torch.Tensor, floor: torch.Tensor | float = 0.05) -> torch.Tensor:
+    """A least-squares kernel made usable: values below `floor` times its peak dropped, sum 1.
+
+    Noise spreads a faint haze over the whole support, which would otherwise hold much of the
+    mass: measured on a 15 px shake at noise 0.01, a floor of 0.05 halves the kernel's L1 error
+    and lifts the Wiener result by 2.5 dB.
+    """
+    with torch.autocast(raw.device.type, enabled=False):
+        floor = torch.as_tensor(floor, dtype=torch.float32, device=raw.device).reshape(-1, 1, 1)
+        k = (raw - floor * raw.amax((-2, -1), keepdim=True)).clamp_min(0)
+        size = k.shape[-1]
         delta = torch.zeros(size, size, device=k.device)
         delta[size // 2, size // 2] = 1e-6  # an all-negative estimate falls back to "no blur"
         k = k + delta

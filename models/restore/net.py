@@ -1,4 +1,7 @@
-"""DeblurNet: a compact NAFNet-style U-Net that predicts a residual (Chen et al. 2022).
+"""The deblurring nets, built from compact NAFNet-style U-Nets (Chen et al. 2022).
+
+DeblurNet (shipped) is one U-Net that predicts a residual; WienerDeblurNet (second generation)
+estimates the blur, deconvolves it exactly and refines the result (see its docstring).
 
 The blocks keep NAFNet's choices that make small restoration nets train well (LayerNorm,
 SimpleGate instead of activations, learnable residual scales) but drop its channel attention:
@@ -61,51 +64,6 @@ class NAFBlock(nn.Module):
         return x + self.gamma * y
 
 
-class DeblurNet(nn.Module):
-    """U-Net of NAF blocks; input and output are NCHW RGB in 0..1, any size (padded to 2**levels)."""
-
-    def __init__(
-        self,
-        width: int = 16,
-        enc_blocks: tuple[int, ...] = (1, 1, 2, 4),
-        mid_blocks: int = 4,
-        dec_blocks: tuple[int, ...] = (1, 1, 1, 1),
-    ) -> None:
-        super().__init__()
-        self.intro = nn.Conv2d(3, width, 3, padding=1)
-        self.ending = nn.Conv2d(width, 3, 3, padding=1)
-        self.encoders = nn.ModuleList()
-        self.downs = nn.ModuleList()
-        c = width
-        for n in enc_blocks:
-            self.encoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
-            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
-            c *= 2
-        self.middle = nn.Sequential(*[NAFBlock(c) for _ in range(mid_blocks)])
-        self.ups = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for n in dec_blocks:
-            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
-            c //= 2
-            self.decoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
-        self.multiple = 2 ** len(enc_blocks)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        x = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else image
-        feat = self.intro(x)
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            feat = encoder(feat)
-            skips.append(feat)
-            feat = down(feat)
-        feat = self.middle(feat)
-        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
-            feat = decoder(up(feat) + skip)
-        return (x + self.ending(feat))[..., :h, :w]
-
-
 class UNet(nn.Module):
     """U-Net of NAF blocks from `inputs` to `outputs` channels; also returns its bottleneck, pooled."""
 
@@ -133,7 +91,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2:]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
         feat = self.intro(x)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
@@ -147,11 +105,22 @@ class UNet(nn.Module):
         return self.ending(feat)[..., :h, :w], pooled
 
 
+class DeblurNet(UNet):
+    """The first-generation net: one U-Net that predicts a residual on the RGB input (0..1)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 3, 16, (1, 1, 2, 4), 4, (1, 1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image + super().forward(image)[0]
+
+
 @dataclass
 class Parts:
     """What WienerDeblurNet computed on the way: for training losses and for looking at."""
 
     latent: torch.Tensor  # (N, 1, H, W) the sharp grey image the kernel is fitted to
+    raw_kernel: torch.Tensor  # (N, k, k) the least-squares kernel, before `fourier.clean_kernel`
     kernel: torch.Tensor  # (N, k, k) the estimated blur kernel
     balance: torch.Tensor  # (N,) the noise-to-signal weight of the Wiener filter
     deconvolved: torch.Tensor  # (N, 3, H, W) the Wiener result, before refinement
@@ -162,7 +131,7 @@ class WienerDeblurNet(nn.Module):
     """Blind deblurring with the deconvolution done exactly: estimate, invert, refine.
 
     1. A small U-Net sharpens the grey image into a latent edge map; the kernel that best maps it
-       onto the blurred grey image is solved in closed form (`fourier.estimate_kernel`).
+       onto the blurred grey image is solved in closed form (`fourier.least_squares_kernel`).
     2. Wiener deconvolution with that kernel (`fourier.wiener`), its noise-to-signal balance
        predicted from the U-Net's pooled bottleneck.
     3. A second U-Net sees the blurred and the deconvolved image and predicts a residual on the
@@ -186,11 +155,12 @@ class WienerDeblurNet(nn.Module):
         grey = image.mean(1, keepdim=True)
         residual, pooled = self.latent(grey)
         latent = grey + residual
-        kernel = fourier.estimate_kernel(latent, grey, self.log_damping.exp(), torch.sigmoid(self.floor_logit))
+        raw_kernel = fourier.least_squares_kernel(latent, grey, self.log_damping.exp())
+        kernel = fourier.clean_kernel(raw_kernel, torch.sigmoid(self.floor_logit))
         balance = self.balance(pooled.float()).squeeze(1).clamp(-12, 0).exp()
         deconvolved = fourier.wiener(image, kernel, balance).clamp(-0.25, 1.25)
         correction, _ = self.refine(torch.cat([image, deconvolved.to(image.dtype)], 1))
-        return Parts(latent, kernel, balance, deconvolved, deconvolved + correction.float())
+        return Parts(latent, raw_kernel, kernel, balance, deconvolved, deconvolved + correction.float())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.parts(image).restored

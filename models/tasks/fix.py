@@ -1,4 +1,4 @@
-"""/fix: deblur a photo with our DeblurNet at full resolution, plus a before/after crop."""
+"""/fix: deblur a photo with our deblurring net at full resolution, plus a before/after crop."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from models import images
 from models.jobs import File, Job, Result
-from models.restore.net import DeblurNet
+from models.restore.net import from_state
 from models.restore.tiling import restore_tiled
 from models.options import Option
 from models.tasks.base import Plan, RunContext, StateDict, Task, image_input, to_image, to_tensor
@@ -75,9 +75,8 @@ class Fix(Task):
         w, h = images.fit(info.width, info.height, _max_side(job))
         return Plan(key=("fix",), cost=w * h / 1e6)
 
-    def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> DeblurNet:
-        net = DeblurNet()
-        net.load_state_dict(states[DEBLUR.key])
+    def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> torch.nn.Module:
+        net = from_state(states[DEBLUR.key])
         return net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
 
     def prepare(self, job: Job, limits: images.Limits) -> Item:
@@ -85,7 +84,7 @@ class Fix(Task):
         photo = images.resize(photo, images.fit(*photo.size, _max_side(job)))
         return Item(to_tensor(photo), STRENGTH.read(job.options))
 
-    def run(self, net: DeblurNet, items: list[Item], ctx: RunContext) -> list[torch.Tensor]:
+    def run(self, net: torch.nn.Module, items: list[Item], ctx: RunContext) -> list[torch.Tensor]:
         tile = 512 if ctx.device.type == "cuda" else 256
         batch = 16 if ctx.device.type == "cuda" else 4
 
