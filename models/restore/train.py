@@ -79,7 +79,8 @@ class Crops:
         self.device = device
 
     def _cut(self, rng: np.random.Generator, n: int, size: int) -> torch.Tensor:
-        picks = rng.choice(len(self.images), size=n, p=self.weights)
+        fits = self.weights * np.array([min(im.shape[1:]) >= size for im in self.images])  # small photos, scaled down
+        picks = rng.choice(len(self.images), size=n, p=fits / fits.sum())
         crops = []
         for i in picks:
             _, h, w = self.images[i].shape
@@ -207,7 +208,7 @@ def losses(net: WienerDeblurNet, batch: Batch, r: Recipe) -> tuple[torch.Tensor,
     kernel = ((parts.raw_kernel - batch.kernels) ** 2).sum((1, 2)).mean()
     latent = F.l1_loss(parts.latent.float(), batch.sharp.mean(1, keepdim=True))
     total = image + r.kernel_weight * kernel + r.latent_weight * latent
-    return total, {"loss": total, "image_l1": image, "kernel_l1": kernel, "latent_l1": latent}
+    return total, {"loss": total, "image_l1": image, "kernel_se": kernel, "latent_l1": latent}
 
 
 def train(r: Recipe, data: Path, out: Path, device: torch.device, resume: Path | None, checkpoint: Path | None) -> None:
