@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 
 from bot.replies import DONE, is_interim
 from bot.runner import TOKEN_LIFETIME_S, TOKEN_MARGIN_S
+from bot.sandbox.burst import burst
 from bot.sandbox.demo import start_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from bot.settings import Settings
@@ -275,6 +276,14 @@ async def test_a_burst_of_20_interactions_is_acknowledged_in_time_and_answered(d
         "wall_s": round(time.monotonic() - started, 2)}))
     queued = [r for r in records if any("Waiting in line" in text for _, text in r.edits)]
     assert queued, "with 20 at once, some people must have been shown their place in the queue"
+
+
+async def test_the_burst_benchmark_leaves_nobody_without_an_answer():
+    """`python -m bot.sandbox.burst`, small: with the default limits, each person is served or told privately why not."""
+    report = await burst(people=10, device="cpu", timeout_s=300)
+    assert report["lost"] == 0 and report["acknowledged"] == 10
+    assert report["served"] + report["told_privately"] == 10
+    assert report["served"] >= min(10, report["settings"]["max_jobs_per_guild"])  # the server's cap: 8 at a time
 
 
 async def test_a_gateway_disconnect_mid_job_still_delivers_the_result(discord_sandbox):
