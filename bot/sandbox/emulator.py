@@ -353,6 +353,17 @@ class DiscordEmulator:
             return discord_error(10008)
         return record
 
+    async def _webhook_body(self, request: web.Request, *, original: bool
+                            ) -> tuple[Record, dict[str, Any], dict[str, bytes]] | web.Response:
+        """The interaction and the body of a webhook call that sends a message, or Discord's refusal."""
+        record = self._webhook(request, original=original)
+        if isinstance(record, web.Response):
+            return record
+        uploaded = await self._upload(request, record)
+        if isinstance(uploaded, web.Response):
+            return uploaded
+        return record, *uploaded
+
     async def _upload(self, request: web.Request, record: Record) -> tuple[dict[str, Any], dict[str, bytes]] | web.Response:
         """The body, arriving over a link as slow as upload_delay_s; files over the context's limit answer 40005."""
         if request.content_type.startswith("multipart/") and self.upload_delay_s:
@@ -402,13 +413,10 @@ class DiscordEmulator:
         return json_response(record.original)
 
     async def patch_original(self, request: web.Request) -> web.Response:
-        record = self._webhook(request, original=True)
-        if isinstance(record, web.Response):
-            return record
-        uploaded = await self._upload(request, record)
-        if isinstance(uploaded, web.Response):
-            return uploaded
-        return json_response(self._edit_original(record, *uploaded))
+        accepted = await self._webhook_body(request, original=True)
+        if isinstance(accepted, web.Response):
+            return accepted
+        return json_response(self._edit_original(*accepted))
 
     def _edit_original(self, record: Record, body: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
         """Resolve or edit the original; its flags stay (an edit cannot change who sees it).
@@ -442,13 +450,10 @@ class DiscordEmulator:
         return web.Response(status=204)
 
     async def post_followup(self, request: web.Request) -> web.Response:
-        record = self._webhook(request, original=False)
-        if isinstance(record, web.Response):
-            return record
-        uploaded = await self._upload(request, record)
-        if isinstance(uploaded, web.Response):
-            return uploaded
-        body, files = uploaded
+        accepted = await self._webhook_body(request, original=False)
+        if isinstance(accepted, web.Response):
+            return accepted
+        record, body, files = accepted
         if record.loading:  # Discord resolves the deferred original instead, with the defer's visibility
             return json_response(self._edit_original(record, body, files))
         flags = (body.get("flags") or 0) & EPHEMERAL
