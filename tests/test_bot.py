@@ -419,12 +419,12 @@ async def test_shutdown_mid_job_apologises_and_buttons_from_before_a_restart_sti
     await emulator.start()
     settings = sandbox_settings(emulator, shutdown_grace_s=0)
     bot, running = await start_bot(emulator, settings)
-    hold, held, closing = asyncio.Event(), asyncio.Event(), None
+    hold, held, closing, dream = asyncio.Event(), asyncio.Event(), None, None
     try:
         grid = await emulator.invoke("dream", {"count": 4, "seed": 21}, user_id=1)
         await grid.wait(timeout=120)
         one_public_result(grid)
-        _hold_prepare(bot, hold, held)
+        dream = _hold_prepare(bot, hold, held)
         cut_off = await emulator.invoke("dream", {"count": 1, "seed": 22}, user_id=2)
         await asyncio.wait_for(held.wait(), 60)  # its job is on the device
         closing = asyncio.create_task(bot.close())
@@ -433,6 +433,8 @@ async def test_shutdown_mid_job_apologises_and_buttons_from_before_a_restart_sti
         hold.set()
         await (closing or bot.close())
         await running
+        if dream is not None:
+            del dream.prepare  # the task objects outlive this bot
     assert "shutting down" in only_one_sentence(cut_off)
     emulator.identified.clear()
     bot, running = await start_bot(emulator, settings)  # a new process: no view was ever registered in it
