@@ -370,7 +370,7 @@ async def test_cooldown_per_user_caps_and_a_full_queue_are_polite():
         hold, held = asyncio.Event(), asyncio.Event()
         dream = _hold_prepare(bot, hold, held)  # undone below
         crowd = [await emulator.invoke("dream", {"count": 1, "seed": 10}, user_id=100)]
-        await asyncio.wait_for(held.wait(), 60)  # one runs (held): the pool's running count can lag a finished job
+        await asyncio.wait_for(held.wait(), 60)  # one runs (held)
         crowd.append(await emulator.invoke("dream", {"count": 1, "seed": 11}, user_id=101))
         while bot.pool.status()["queued"] < 1:  # one waits in the queue of 1
             await asyncio.sleep(0.01)
