@@ -2,8 +2,8 @@
 
     interaction -> Request (validated options + attachments) -> Job -> pool -> Result -> reply
 
-Everything a person can cause ends as one ephemeral sentence; anything else is logged with a
-short reference id that the person is given, and the bot carries on.
+Everything a person can cause ends as one sentence only they see; anything else is logged with a
+short reference id that the person is given, and the bot carries on. Who sees what: bot/replies.py.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Runner:
         try:
             slot = self.limiter.acquire(user)
             self._precheck(request)
-            await interaction.response.defer(thinking=True)
+            await replies.defer(interaction)
             result = await self._run(interaction, request)
             info = dict(result.info)
             await replies.send_result(interaction, result, request.describe(result), request.view(result))

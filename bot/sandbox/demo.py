@@ -1,14 +1,15 @@
 """`easel demo`: the real bot against the loopback Discord, driven through every command.
 
 No Discord account or network needed: it starts the emulator, starts EaselBot against it, runs
-/stylize, /dream (and presses its Morph button), /fix and one bad upload, saves what the bot
-posted into a folder and prints where.
+/stylize, /dream (and presses its Morph button), /fix, one bad upload and one refusal (a cooldown),
+saves the posted files and `replies.json` (who saw which text) into a folder, and prints where.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -30,9 +31,16 @@ def blurred_photo() -> bytes:
     return buffer.getvalue()
 
 
+def truncated_photo() -> bytes:
+    """The first half of a JPEG, as an interrupted upload leaves it: only decoding finds out."""
+    data = samples.photo("cat")
+    return data[: len(data) // 2]
+
+
 def sandbox_settings(emulator: DiscordEmulator, device: str) -> Settings:
+    """Default limits (the cooldown included); each demo step is another person, except the refusal's."""
     return Settings(token=emulator.token, discord_api_base=emulator.api_base, attachment_hosts=(emulator.cdn_host,),
-                    device=device, cooldown_s=0, max_jobs_per_user=8)
+                    device=device)
 
 
 async def start_bot(emulator: DiscordEmulator, settings: Settings) -> tuple[EaselBot, asyncio.Task[None]]:
@@ -62,13 +70,14 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
     bot, running = await start_bot(emulator, sandbox_settings(emulator, device))
     steps: list[tuple[str, Any]] = [
         ("1-stylize", lambda: emulator.invoke("stylize", {"content": Upload("astronaut.jpg", samples.photo("astronaut"), "image/jpeg"),
-                                                          "style": Upload("painting.png", samples.painting())})),
+                                                          "style": Upload("painting.png", samples.painting())}, user_id=1)),
         ("2-stylize-preset", lambda: emulator.invoke("stylize", {"content": Upload("coffee.jpg", samples.photo("coffee"), "image/jpeg"),
-                                                                 "preset": "19", "strength": 0.85})),
-        ("3-dream", lambda: emulator.invoke("dream", {"count": 9, "seed": 2024})),
+                                                                 "preset": "19", "strength": 0.85}, user_id=2)),
+        ("3-dream", lambda: emulator.invoke("dream", {"count": 9, "seed": 2024}, user_id=3)),
         ("4-dream-morph", None),
-        ("5-fix", lambda: emulator.invoke("fix", {"photo": Upload("blurry.jpg", blurred_photo(), "image/jpeg")})),
-        ("6-bad-upload", lambda: emulator.invoke("fix", {"photo": Upload("notes.txt", b"not a photo", "text/plain")})),
+        ("5-fix", lambda: emulator.invoke("fix", {"photo": Upload("blurry.jpg", blurred_photo(), "image/jpeg")}, user_id=5)),
+        ("6-bad-upload", lambda: emulator.invoke("fix", {"photo": Upload("photo.jpg", truncated_photo(), "image/jpeg")}, user_id=6)),
+        ("7-refused-cooldown", lambda: emulator.invoke("dream", {"count": 4}, user_id=6)),  # the same person, at once
     ]
     report, dream = [], None
     try:
@@ -76,7 +85,7 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
             started = time.monotonic()
             if action is None:
                 assert dream is not None
-                record = await emulator.click(dream, next(c for c in dream.custom_ids if ":morph:" in c))
+                record = await emulator.click(dream, next(c for c in dream.custom_ids if ":morph:" in c), user_id=4)
             else:
                 record = await action()
             await record.wait(timeout=600)
@@ -84,12 +93,13 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
                 dream = record
             report.append({"step": step, "acknowledged_s": round((record.acknowledged_at or started) - record.sent_at, 3),
                            "answered_s": round(time.monotonic() - started, 2),
-                           "reply": record.content or " / ".join(record.ephemeral_messages),
+                           "everyone_sees": record.content, "only_the_asker_sees": record.ephemeral_messages,
                            "files": [str(p) for p in save(record, out, step)]})
     finally:
         await bot.close()
         await running
         await emulator.stop()
+    (out / "replies.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
 
 
@@ -97,7 +107,11 @@ def main(out: Path, device: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     print(f"Starting the loopback Discord and the bot (models load first; this takes a few seconds)...")
     for row in asyncio.run(demo(out, device)):
-        print(f"\n{row['step']}: acknowledged in {row['acknowledged_s']} s, answered in {row['answered_s']} s\n  {row['reply']}")
+        print(f"\n{row['step']}: acknowledged in {row['acknowledged_s']} s, answered in {row['answered_s']} s")
+        if row["everyone_sees"]:
+            print(f"  everyone sees: {row['everyone_sees']}")
+        for text in row["only_the_asker_sees"]:
+            print(f"  only the asker sees: {text}")
         for path in row["files"]:
             print(f"  saved {path}")
-    print(f"\nAll replies are in {out.resolve()}")
+    print(f"\nAll replies are in {out.resolve()} (the texts, and who saw them, in replies.json)")

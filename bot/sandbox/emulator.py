@@ -6,6 +6,15 @@ connection, command sync, INTERACTION_CREATE for slash commands (attachments res
 from the CDN), autocomplete and button clicks, and the interaction callback and webhook
 endpoints a bot answers through (multipart uploads included). Everything the bot sends is
 recorded per interaction, with timestamps, for tests and for `easel demo`.
+
+It is no kinder than Discord about replies, since a lenient emulator hides lost answers:
+- one initial response per interaction (40060), within 3 s of delivery (10062);
+- a follow-up sent while the deferred original is still loading resolves that original and keeps
+  the defer's visibility, whatever its own flags say;
+- once the original is deleted, every webhook call on it answers 10008;
+- the interaction token works for 15 minutes from the interaction's creation (then 50027);
+- files over the context's `attachment_size_limit` are refused with 40005.
+Time rules read `clock`, so tests move time instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -24,9 +33,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from PIL import Image
 
+from bot.replies import is_interim
+
 DISCORD_EPOCH_MS = 1420070400000
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
 ATTACHMENT_OPTION = 11
+ACK_WINDOW_S = 3.0
+TOKEN_LIFETIME_S = 15 * 60
 _counter = itertools.count()
 
 
@@ -44,6 +57,22 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(payload).encode(), status=status, headers={"Content-Type": "application/json"})
 
 
+def discord_error(code: int) -> web.Response:
+    """Discord's JSON error body and HTTP status for the codes the emulator enforces."""
+    status, message = DISCORD_ERRORS[code]
+    return json_response({"message": message, "code": code}, status)
+
+
+DISCORD_ERRORS = {
+    10008: (404, "Unknown Message"),
+    10015: (404, "Unknown Webhook"),
+    10062: (404, "Unknown interaction"),
+    40005: (413, "Request entity too large"),
+    40060: (400, "Interaction has already been acknowledged."),
+    50027: (401, "Invalid Webhook Token"),
+}
+
+
 @dataclass(frozen=True)
 class Upload:
     """A file a test person attaches to a command; declared_size lets a test lie like a bad client."""
@@ -56,53 +85,80 @@ class Upload:
 
 @dataclass
 class Record:
-    """Everything the bot did with one interaction."""
+    """Everything the bot did with one interaction, and what the person who started it sees.
+
+    Times (sent_at, created_at, acknowledged_at, answered_at, edits) are on the emulator's clock.
+    """
 
     id: int
     token: str
     payload: dict[str, Any]
-    sent_at: float = field(default_factory=time.monotonic)
+    sent_at: float
+    created_at: float  # the token's 15 minutes count from here (earlier than sent_at for a late delivery)
     acknowledged_at: float | None = None
+    answered_at: float | None = None  # when answered() first held
     callback_type: int | None = None
     choices: list[dict[str, Any]] | None = None  # autocomplete answers
     original: dict[str, Any] | None = None
     original_files: dict[str, bytes] = field(default_factory=dict)
-    edits: list[tuple[float, str]] = field(default_factory=list)  # (time, content) of each edit
+    edits: list[tuple[float, str]] = field(default_factory=list)  # (time, content) of each edit of the original
     followups: list[dict[str, Any]] = field(default_factory=list)
     followup_files: list[dict[str, bytes]] = field(default_factory=list)
     deleted: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def loading(self) -> bool:
+        """The person still sees "… is thinking"."""
+        return self.original is not None and not self.deleted and bool(self.original["flags"] & LOADING)
+
+    def visible(self) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+        """(message, files) the person can see now: the original once resolved and not deleted, then the follow-ups."""
+        shown = list(zip(self.followups, self.followup_files))
+        if self.original is not None and not self.deleted and not self.loading:
+            shown.insert(0, (self.original, self.original_files))
+        return shown
+
+    @property
+    def public(self) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+        """What everyone in the channel sees."""
+        return [(m, f) for m, f in self.visible() if not m["flags"] & EPHEMERAL]
+
+    @property
     def ephemeral_messages(self) -> list[str]:
-        texts = [m["content"] for m in self.followups if m["flags"] & EPHEMERAL]
-        if self.original and self.original["flags"] & EPHEMERAL and not self.original["flags"] & LOADING:
-            texts.insert(0, self.original["content"])
-        return texts
+        """The texts only the person who asked sees."""
+        return [m["content"] for m, _ in self.visible() if m["flags"] & EPHEMERAL]
 
     @property
     def files(self) -> dict[str, bytes]:
-        return {} if self.deleted else self.original_files
+        return {name: data for _, files in self.public for name, data in files.items()}
 
     @property
     def content(self) -> str:
-        return "" if self.deleted or not self.original else self.original["content"]
+        return "\n".join(m["content"] for m, _ in self.public)
 
     @property
     def components(self) -> list[dict[str, Any]]:
-        return [] if self.deleted or not self.original else self.original.get("components", [])
+        return [row for m, _ in self.public for row in m.get("components", [])]
 
     @property
     def custom_ids(self) -> list[str]:
         return [c["custom_id"] for row in self.components for c in row.get("components", []) if "custom_id" in c]
 
+    def message_with(self, custom_id: str) -> dict[str, Any]:
+        """The public message carrying a button (for a click on it)."""
+        for message, _ in self.public:
+            if any(c.get("custom_id") == custom_id for row in message.get("components", []) for c in row.get("components", [])):
+                return message
+        raise KeyError(f"no button {custom_id!r} on a message of this interaction")
+
     def answered(self) -> bool:
-        """The person has their final answer: files, an ephemeral sentence, or autocomplete choices."""
-        return bool(self.files) or bool(self.ephemeral_messages) or self.choices is not None or (
-            self.original is not None and not self.original["flags"] & LOADING and not self.deleted
-            and self.callback_type == 4)
+        """The person has their outcome: a message with files, or any text that is not a step on the way
+        (progress, or the private "posted below" line before the public result), or autocomplete choices."""
+        return self.choices is not None or any(files or not is_interim(m["content"]) for m, files in self.visible())
 
     async def wait(self, predicate: Callable[[Record], bool] = answered, timeout: float = 60.0) -> Record:
+        """Wait (in real time, `timeout` as a safety net) until the predicate holds."""
         end = time.monotonic() + timeout
         while not predicate(self):
             self.changed.clear()
@@ -116,12 +172,14 @@ class Record:
         return self
 
     def summary(self) -> str:
-        return (f"callback={self.callback_type} content={self.content!r} files={list(self.files)} "
+        return (f"callback={self.callback_type} loading={self.loading} public={self.content!r} files={list(self.files)} "
                 f"ephemeral={self.ephemeral_messages} deleted={self.deleted}")
 
 
 class DiscordEmulator:
-    def __init__(self, *, heartbeat_interval_ms: int = 41250, attachment_size_limit: int = 10 * 2**20) -> None:
+    def __init__(self, *, heartbeat_interval_ms: int = 41250, attachment_size_limit: int = 10 * 2**20,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.token = "emulated." + secrets.token_urlsafe(24)
         self.application_id = snowflake()
         self.guild_id = snowflake()
@@ -278,27 +336,69 @@ class DiscordEmulator:
     def _record(self, token: str) -> Record | None:
         return self.records.get(token)
 
+    def _changed(self, record: Record) -> None:
+        if record.answered_at is None and record.answered():
+            record.answered_at = self.clock()
+        record.changed.set()
+
+    def _webhook(self, request: web.Request, *, original: bool) -> Record | web.Response:
+        """The interaction behind a webhook call, or Discord's refusal: unknown or expired token,
+        or (for the original's endpoints, and for follow-ups too) a deleted original."""
+        record = self._record(request.match_info["token"])
+        if record is None or record.callback_type is None:
+            return discord_error(10015)
+        if self.clock() - record.created_at > TOKEN_LIFETIME_S:
+            return discord_error(50027)
+        if record.deleted or (original and record.original is None):
+            return discord_error(10008)
+        return record
+
+    async def _webhook_body(self, request: web.Request, *, original: bool
+                            ) -> tuple[Record, dict[str, Any], dict[str, bytes]] | web.Response:
+        """The interaction and the body of a webhook call that sends a message, or Discord's refusal."""
+        record = self._webhook(request, original=original)
+        if isinstance(record, web.Response):
+            return record
+        uploaded = await self._upload(request, record)
+        if isinstance(uploaded, web.Response):
+            return uploaded
+        return record, *uploaded
+
+    async def _upload(self, request: web.Request, record: Record) -> tuple[dict[str, Any], dict[str, bytes]] | web.Response:
+        """The body, arriving over a link as slow as upload_delay_s; files over the context's limit answer 40005."""
+        if request.content_type.startswith("multipart/") and self.upload_delay_s:
+            self.uploads_in_flight += 1  # the body is still on its way over a slow link
+            await asyncio.sleep(self.upload_delay_s)
+            self.uploads_in_flight -= 1
+        body, files = await self._body(request)
+        if sum(map(len, files.values())) > record.payload["attachment_size_limit"]:
+            return discord_error(40005)
+        return body, files
+
     async def post_callback(self, request: web.Request) -> web.Response:
         record = self._record(request.match_info["token"])
         if record is None or str(record.id) != request.match_info["iid"]:
-            return json_response({"message": "Unknown interaction", "code": 10062}, 404)
+            return discord_error(10062)
         if record.callback_type is not None:
-            return json_response({"message": "Interaction has already been acknowledged.", "code": 40060}, 400)
-        if time.monotonic() - record.sent_at > 3.0:
-            return json_response({"message": "Unknown interaction", "code": 10062}, 404)  # Discord's 3 s rule
-        body, files = await self._body(request)
+            return discord_error(40060)
+        if self.clock() - record.sent_at > ACK_WINDOW_S:
+            return discord_error(10062)
+        uploaded = await self._upload(request, record)
+        if isinstance(uploaded, web.Response):
+            return uploaded
+        body, files = uploaded
         kind, data = body["type"], body.get("data") or {}
-        record.acknowledged_at, record.callback_type = time.monotonic(), kind
+        record.acknowledged_at, record.callback_type = self.clock(), kind
         resource: dict[str, Any] = {"type": kind}
         if kind == 8:  # autocomplete result
             record.choices = data.get("choices", [])
         elif kind in (4, 5):
-            flags = (data.get("flags") or 0) | (LOADING if kind == 5 else 0)
+            flags = (data.get("flags") or 0) & EPHEMERAL | (LOADING if kind == 5 else 0)
             attachments = [self._attachment(name, blob) for name, blob in files.items()]
             record.original = self._message(record, data, flags, attachments)
             record.original_files = dict(files)
             resource["message"] = record.original
-        record.changed.set()
+        self._changed(record)
         response = {"interaction": {"id": str(record.id), "type": record.payload["type"],
                                     "response_message_id": record.original["id"] if record.original else None,
                                     "response_message_loading": kind == 5,
@@ -307,20 +407,22 @@ class DiscordEmulator:
         return json_response(response)
 
     async def get_original(self, request: web.Request) -> web.Response:
-        record = self._record(request.match_info["token"])
-        if record is None or record.original is None or record.deleted:
-            return json_response({"message": "Unknown Message", "code": 10008}, 404)
+        record = self._webhook(request, original=True)
+        if isinstance(record, web.Response):
+            return record
         return json_response(record.original)
 
     async def patch_original(self, request: web.Request) -> web.Response:
-        record = self._record(request.match_info["token"])
-        if record is None or record.original is None or record.deleted:
-            return json_response({"message": "Unknown Message", "code": 10008}, 404)
-        if request.content_type.startswith("multipart/") and self.upload_delay_s:
-            self.uploads_in_flight += 1  # the body is still on its way over a slow link
-            await asyncio.sleep(self.upload_delay_s)
-            self.uploads_in_flight -= 1
-        body, files = await self._body(request)
+        accepted = await self._webhook_body(request, original=True)
+        if isinstance(accepted, web.Response):
+            return accepted
+        return json_response(self._edit_original(*accepted))
+
+    def _edit_original(self, record: Record, body: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+        """Resolve or edit the original; its flags stay (an edit cannot change who sees it).
+
+        `attachments` in the body lists the existing files to keep (by id); new files are added."""
+        assert record.original is not None
         message = dict(record.original)
         message["flags"] = message["flags"] & ~LOADING
         for key in ("content", "components", "embeds"):
@@ -335,27 +437,30 @@ class DiscordEmulator:
             record.original_files.update(files)
         message["edited_timestamp"] = now_iso()
         record.original = message
-        record.edits.append((time.monotonic(), message["content"]))
-        record.changed.set()
-        return json_response(message)
+        record.edits.append((self.clock(), message["content"]))
+        self._changed(record)
+        return message
 
     async def delete_original(self, request: web.Request) -> web.Response:
-        record = self._record(request.match_info["token"])
-        if record is None or record.original is None:
-            return json_response({"message": "Unknown Message", "code": 10008}, 404)
+        record = self._webhook(request, original=True)
+        if isinstance(record, web.Response):
+            return record
         record.deleted = True
-        record.changed.set()
+        self._changed(record)
         return web.Response(status=204)
 
     async def post_followup(self, request: web.Request) -> web.Response:
-        record = self._record(request.match_info["token"])
-        if record is None or record.callback_type is None:
-            return json_response({"message": "Unknown Webhook", "code": 10015}, 404)
-        body, files = await self._body(request)
-        message = self._message(record, body, body.get("flags") or 0, [self._attachment(n, b) for n, b in files.items()])
+        accepted = await self._webhook_body(request, original=False)
+        if isinstance(accepted, web.Response):
+            return accepted
+        record, body, files = accepted
+        if record.loading:  # Discord resolves the deferred original instead, with the defer's visibility
+            return json_response(self._edit_original(record, body, files))
+        flags = (body.get("flags") or 0) & EPHEMERAL
+        message = self._message(record, body, flags, [self._attachment(n, b) for n, b in files.items()])
         record.followups.append(message)
         record.followup_files.append(files)
-        record.changed.set()
+        self._changed(record)
         return json_response(message)
 
     async def get_attachment(self, request: web.Request) -> web.StreamResponse:
@@ -460,9 +565,11 @@ class DiscordEmulator:
     def person(self, user_id: int, name: str = "person") -> dict[str, Any]:
         return {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name.title(), "avatar": None}
 
-    def _interaction(self, kind: int, data: dict[str, Any], user_id: int, message: dict[str, Any] | None,
-                     size_limit: int | None, age_s: float = 0.0) -> Record:
+    def interaction(self, kind: int, data: dict[str, Any], user_id: int = 1001, message: dict[str, Any] | None = None,
+                    size_limit: int | None = None, age_s: float = 0.0) -> Record:
+        """An interaction as Discord delivers it, recorded but not yet dispatched (invoke and click send it)."""
         interaction_id, token = snowflake(age_s), "interaction." + secrets.token_urlsafe(32)
+        sent_at = self.clock()
         payload: dict[str, Any] = {
             "id": str(interaction_id), "application_id": str(self.application_id), "type": kind, "data": data,
             "guild_id": str(self.guild_id), "channel_id": str(self.channel_id), "channel": self._channel(),
@@ -474,7 +581,7 @@ class DiscordEmulator:
         }
         if message is not None:
             payload["message"] = message
-        record = Record(interaction_id, token, payload)
+        record = Record(interaction_id, token, payload, sent_at, sent_at - age_s)
         self.records[token] = record
         return record
 
@@ -508,7 +615,8 @@ class DiscordEmulator:
         """A person runs /name with these options; returns the record of what the bot does.
 
         age_s makes the interaction look that much older (its id encodes when it was created), as
-        when Discord delivers an event late; the 3-second acknowledgement window still counts from now.
+        when Discord delivers an event late: its token expires that much sooner, while the 3-second
+        acknowledgement window still counts from now.
         """
         await self.identified.wait()
         command = self.commands[name]
@@ -516,7 +624,7 @@ class DiscordEmulator:
         data = {"id": command["id"], "name": name, "type": 1, "options": opts, **_guild_of(command)}
         if resolved:
             data["resolved"] = resolved
-        record = self._interaction(2, data, user_id, None, attachment_size_limit, age_s)
+        record = self.interaction(2, data, user_id, None, attachment_size_limit, age_s)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
 
@@ -524,17 +632,15 @@ class DiscordEmulator:
         command = self.commands[name]
         opts, _ = self._options(name, options, focused)
         data = {"id": command["id"], "name": name, "type": 1, "options": opts, **_guild_of(command)}
-        record = self._interaction(4, data, user_id, None, None)
+        record = self.interaction(4, data, user_id, None, None)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         await record.wait(lambda r: r.choices is not None, timeout=10)
         return record.choices or []
 
     async def click(self, on: Record, custom_id: str, *, user_id: int = 1001) -> Record:
-        """A person presses a button on the message a previous interaction produced."""
-        if on.original is None or custom_id not in on.custom_ids:
-            raise KeyError(f"no button {custom_id!r} on that message")
+        """A person presses a button on the public message a previous interaction produced."""
         data = {"custom_id": custom_id, "component_type": 2}
-        record = self._interaction(3, data, user_id, on.original, None)
+        record = self.interaction(3, data, user_id, on.message_with(custom_id), None)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
 
