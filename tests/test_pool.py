@@ -206,6 +206,21 @@ async def test_a_full_queue_refuses_at_once():
     await pool.close()
 
 
+async def test_a_full_queue_says_how_long_its_work_will_take():
+    """Once the pool has measured a job's cost, the full-queue refusal tells the person the wait."""
+    clock = FakeClock()
+    task = Echo(clock=clock)
+    pool = await started(task, clock=clock, max_batch=1, max_queue=2, batch_wait_s=0)
+    await pool.submit(echo(1))  # measures 100 s per job on the injected clock
+    running = await holding(task, pool, echo(2))
+    queued = await queue_behind(pool, [echo(3), echo(4)])
+    with pytest.raises(BusyError, match=r"busy with a queue of requests right now \(about 5 minutes of work\)"):
+        await pool.submit(echo(5))
+    task.gate.set()
+    await asyncio.gather(running, *queued)
+    await pool.close()
+
+
 async def test_a_job_the_queue_could_not_finish_in_time_is_refused_up_front():
     """Once the pool has measured a job's cost, it refuses work whose wait would outlast the caller's
     deadline (the interaction token) instead of computing it for nobody."""

@@ -43,6 +43,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} seconds" if seconds < 90 else f"{seconds / 60:.0f} minutes"
 
 
+def _queue_full(wait_s: float | None) -> str:
+    """The full-queue refusal, with the wait when the pool has measured enough to say it."""
+    if wait_s is None:
+        return "I'm busy with a queue of requests right now; please try again in a moment."
+    return f"I'm busy with a queue of requests right now (about {_duration(wait_s)} of work); please try again after that."
+
+
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
     """Hand a callback to the event loop from the worker thread; after shutdown there is no one to tell."""
     with contextlib.suppress(RuntimeError):
@@ -187,7 +194,8 @@ class InferencePool:
             raise UserError(f"There is no {job.task!r} command here.")
         plan = task.plan(job, self.config.limits)
         if len(self._queue) >= self.config.max_queue:
-            raise BusyError("I'm busy with a queue of requests right now; please try again in a moment.")
+            queued = ((t.task.name, t.cost) for t in self._queue.order())
+            raise BusyError(_queue_full(self.estimator.wait_s(task.name, plan.cost, queued, len(self._workers))))
         timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
         now = self.clock()
         ticket = _Ticket(job, task, plan, asyncio.get_running_loop().create_future(), on_progress, now, now - self._last_submit)
