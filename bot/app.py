@@ -1,4 +1,8 @@
-"""EaselBot: loads the command cogs, starts the inference pool, syncs commands, shuts down cleanly."""
+"""EaselBot: loads the command cogs, starts the inference pool, syncs commands, shuts down cleanly.
+
+With EASEL_SHARD_COUNT set, the same bot runs as discord.py's AutoShardedBot over this process's
+shards (EASEL_SHARD_IDS); the process holding shard 0 syncs the commands for all of them.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,15 @@ EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", 
 
 class EaselBot(commands.Bot):
     def __init__(self, settings: Settings, pool: InferencePool | None = None) -> None:
+        """`pool` replaces the one EASEL_BACKEND names (tests)."""
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # Easel has no voice features
         intents = discord.Intents.none()
         intents.guilds = True  # slash commands need no privileged intents
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        shards = {} if settings.shard_count is None else {
+            "shard_count": settings.shard_count, "shard_ids": list(settings.shard_ids) if settings.shard_ids else None}
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **shards)
         self.settings = settings
-        self.pool = pool or InferencePool(settings.pool_config())
+        self.pool = pool or settings.pool()
         self.metrics = Metrics()
         self.runner: Runner | None = None  # made in setup_hook, once there is an HTTP session
         self.session: aiohttp.ClientSession | None = None
@@ -59,7 +66,8 @@ class EaselBot(commands.Bot):
         await self.pool.start()  # models load and warm up before we take any interaction
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        await self.sync_commands()
+        if self.settings.holds_shard_zero:
+            await self.sync_commands()
 
     async def sync_commands(self) -> None:
         if self.settings.guild_id is not None:
@@ -69,6 +77,12 @@ class EaselBot(commands.Bot):
         else:
             synced = await self.tree.sync()
         log.info("synced %d commands %s", len(synced), f"to guild {self.settings.guild_id}" if self.settings.guild_id else "globally")
+
+    def connected(self) -> bool:
+        """Every gateway connection of this process is open (one, or one per shard)."""
+        if isinstance(self, discord.AutoShardedClient):
+            return self.is_ready() and all(not shard.is_closed() for shard in self.shards.values())
+        return bool(self.ws is not None and self.ws.open and self.is_ready())
 
     async def on_ready(self) -> None:
         log.info("connected as %s (id %s)", self.user, self.user.id if self.user else "?")
@@ -94,13 +108,22 @@ class EaselBot(commands.Bot):
             await self.session.close()
 
 
+class ShardedEaselBot(EaselBot, commands.AutoShardedBot):
+    """EaselBot over several gateway connections (shards) in one process."""
+
+
+def make_bot(settings: Settings) -> EaselBot:
+    return EaselBot(settings) if settings.shard_count is None else ShardedEaselBot(settings)
+
+
 async def run(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down within the grace period.
 
     A device that is not there fails here, before connecting to Discord (DeviceError).
     """
-    resolve_devices(settings.device)
-    bot = EaselBot(settings)
+    if settings.backend == "local":
+        resolve_devices(settings.device)
+    bot = make_bot(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,7 +18,7 @@ def health(bot: EaselBot) -> dict[str, Any]:
     wanted = set(bot.pool.tasks) if bot.pool.config.preload else set()
     loaded = [sorted(d["models"]) for d in status["devices"]]
     checks = {
-        "gateway_connected": bool(bot.ws is not None and bot.ws.open and bot.is_ready()),
+        "gateway_connected": bot.connected(),
         "pool_running": bool(status["started"] and not status["closing"]),
         "models_loaded": bool(loaded) and all(set(m) >= wanted for m in loaded),
     }

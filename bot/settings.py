@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from models.errors import SettingsError
@@ -37,11 +37,32 @@ class Settings(ModelSettings):
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(None, ge=1, le=65_535)  # /healthz and /metrics, off when unset
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shard_count: int | None = Field(None, ge=1, le=100_000)  # set: an AutoShardedBot over shard_ids (default all)
+    shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None  # this process's shards, e.g. "0,1"
 
     @field_validator("attachment_hosts", mode="before")
     @classmethod
     def _hosts(cls, value: object) -> object:
         return tuple(h.strip().lower() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _shards(cls, value: object) -> object:
+        return tuple(int(i) for i in value.split(",") if i.strip()) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("EASEL_SHARD_IDS needs EASEL_SHARD_COUNT")
+            if not self.shard_ids or any(not 0 <= i < self.shard_count for i in self.shard_ids):
+                raise ValueError(f"EASEL_SHARD_IDS must be shard numbers from 0 to {self.shard_count - 1}")
+        return self
+
+    @property
+    def holds_shard_zero(self) -> bool:
+        """The process with shard 0 syncs the commands (once for all processes) and receives DMs."""
+        return self.shard_ids is None or 0 in self.shard_ids
 
     @field_validator("log_level", mode="before")
     @classmethod

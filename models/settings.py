@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator
@@ -19,8 +19,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.errors import SettingsError
 from models.images import Limits
-from models.pool.config import PoolConfig
+from models.pool import InferencePool
+from models.pool.config import PoolConfig, RayConfig
 from models.pool.devices import DEVICE_SPEC
+
+if TYPE_CHECKING:
+    from models.pool.ray_serve import RayPool
 
 MB = 2**20
 PREFIX = "EASEL_"
@@ -46,6 +50,12 @@ class ModelSettings(BaseSettings):
     max_jobs_per_guild: int = Field(PoolConfig.max_running_per_guild, ge=1, le=100_000,
                                     description="one server's jobs running at once; the rest wait their turn")
     preload: bool = PoolConfig.preload
+    backend: Literal["local", "ray"] = Field("local", description="local: this process's devices; ray: a Ray Serve app")
+    ray_address: str = Field(RayConfig.address, description="an existing Ray cluster; empty: start a local Ray")
+    ray_replicas: int = Field(RayConfig.replicas, ge=1, le=10_000, description="replicas, or autoscaling's minimum")
+    ray_max_replicas: int = Field(RayConfig.max_replicas, ge=0, le=10_000, description="autoscale up to this (0: off)")
+    ray_gpus_per_replica: float = Field(RayConfig.gpus_per_replica, ge=0, le=1, description="fractions share a GPU")
+    ray_cpus_per_replica: float = Field(RayConfig.cpus_per_replica, gt=0, le=1024)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     wheelhouse: Path | None = None
 
@@ -87,6 +97,8 @@ class ModelSettings(BaseSettings):
         field = str(first["loc"][0]) if first["loc"] else ""
         variable = next((v for v, name in cls.variables().items() if field in (name, v)), field)
         why = first["msg"].removeprefix("Value error, ").replace("Input should", "it should")
+        if not first["loc"]:  # a rule between settings: its sentence names them
+            return f"{why}; see README.md, Configuration."
         shown = "" if "token" in variable.lower() else f"={first['input']!r}"  # never echo a secret
         return f"{variable}{shown} is not valid: {why}; see README.md, Configuration."
 
@@ -106,3 +118,17 @@ class ModelSettings(BaseSettings):
             preload=self.preload, limits=self.limits, cache_dir=self.cache_dir,
         )
         return PoolConfig(**{**values, **overrides})
+
+    def ray_config(self) -> RayConfig:
+        return RayConfig(address=self.ray_address, replicas=self.ray_replicas, max_replicas=self.ray_max_replicas,
+                         gpus_per_replica=self.ray_gpus_per_replica, cpus_per_replica=self.ray_cpus_per_replica)
+
+    def pool(self, **overrides: Any) -> InferencePool | RayPool:
+        """The pool EASEL_BACKEND names; Ray is imported only when it is asked for."""
+        if self.backend == "local":
+            return InferencePool(self.pool_config(**overrides))
+        try:
+            from models.pool.ray_serve import RayPool
+        except ImportError:
+            raise SettingsError("EASEL_BACKEND=ray needs Ray: pip install 'easel[ray]' (or -e '.[ray]').") from None
+        return RayPool(self.pool_config(**overrides), self.ray_config())

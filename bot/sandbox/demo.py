@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageFilter
 
-from bot.app import EaselBot
+from bot.app import EaselBot, make_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from bot.settings import Settings
 from models import samples
@@ -44,7 +44,7 @@ def sandbox_settings(emulator: DiscordEmulator, device: str) -> Settings:
 
 
 async def start_bot(emulator: DiscordEmulator, settings: Settings) -> tuple[EaselBot, asyncio.Task[None]]:
-    bot = EaselBot(settings)
+    bot = make_bot(settings)
     running = asyncio.create_task(bot.start(settings.token.get_secret_value()))
     waiting = asyncio.create_task(emulator.identified.wait())
     await asyncio.wait([running, waiting], return_when=asyncio.FIRST_COMPLETED)

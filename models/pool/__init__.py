@@ -6,13 +6,14 @@
     estimate.py  WaitEstimator: queue-wait estimates from measured speeds
     worker.py    Worker: one device's networks and one batch run end to end (OOM recovery, output contract)
     local.py     InferencePool: admission, scheduling and delivery on this machine's devices
+    ray_serve.py the same API on Ray Serve: a deployment whose replicas run Worker, and RayPool (needs `.[ray]`)
 
 The queue, the estimator and the worker need no event loop and no pool: another front end
 (a Ray Serve replica) can reuse them.
 """
 
-from models.pool.config import PoolConfig
+from models.pool.config import PoolConfig, RayConfig
 from models.pool.devices import keep_freed_memory, resolve_devices
 from models.pool.local import InferencePool
 
-__all__ = ["InferencePool", "PoolConfig", "keep_freed_memory", "resolve_devices"]
+__all__ = ["InferencePool", "PoolConfig", "RayConfig", "keep_freed_memory", "resolve_devices"]

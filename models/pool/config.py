@@ -24,3 +24,14 @@ class PoolConfig:
     limits: Limits = Limits()
     tasks: tuple[str, ...] | None = None  # task names to serve; None: every registered task
     cache_dir: Path | None = None  # converted weights; None: EASEL_CACHE_DIR or its default
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where the Ray Serve application runs and how big it is (EASEL_RAY_* settings)."""
+
+    address: str = ""  # an existing cluster ("ray://host:10001" or "host:6379"); empty: start a local Ray
+    replicas: int = 1  # a fixed count, or autoscaling's minimum when max_replicas is larger
+    max_replicas: int = 0  # 0: no autoscaling
+    gpus_per_replica: float = 0.0  # fractions share a GPU between replicas
+    cpus_per_replica: float = 1.0

@@ -37,6 +37,7 @@ log = logging.getLogger("easel.pool")
 
 ProgressCallback = Callable[[Progress], None]
 SHUTTING_DOWN = "The bot is shutting down; please try again in a minute."
+BUSY = "I'm busy with a queue of requests right now; please try again in a moment."
 
 
 def _duration(seconds: float) -> str:
@@ -46,7 +47,7 @@ def _duration(seconds: float) -> str:
 def _queue_full(wait_s: float | None) -> str:
     """The full-queue refusal, with the wait when the pool has measured enough to say it."""
     if wait_s is None:
-        return "I'm busy with a queue of requests right now; please try again in a moment."
+        return BUSY
     return f"I'm busy with a queue of requests right now (about {_duration(wait_s)} of work); please try again after that."
 
 

@@ -1,0 +1,275 @@
+"""The same pool on Ray Serve: a deployment whose replicas run `Worker`, and `RayPool`, its client.
+
+    pool = RayPool(PoolConfig(), RayConfig(address=""))   # "" starts a local Ray and deploys there
+    await pool.start()
+    result = await pool.submit(Job("dream", {"seed": 7}))  # same Job in, same Result out
+
+A replica drives one device with our own `Worker` (decode, one batched model run with its
+out-of-memory halving, encode), on the worker's thread, never on the replica's event loop; it
+loads the weights itself from the cache. `@serve.batch` has no key, so the replica keeps one
+batch queue per batch key (`Plan.key`), each a `serve.batch` function made on first use.
+Ray's router spreads jobs over replicas and bounds the queue at each caller
+(`max_queued_requests`); its order is first come, first served: the local pool's turns
+between servers and people do not apply here (README, "When one machine is not enough").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from models.errors import BusyError, EaselError, JobTimeout, UserError
+from models.jobs import Job, Progress, Result
+from models.pool.config import PoolConfig, RayConfig
+from models.pool.devices import resolve_devices, tune_process, usable_cores
+from models.pool.local import BUSY, SHUTTING_DOWN, ProgressCallback
+from models.pool.worker import Outcome, Worker
+from models.tasks import TASKS, Task
+
+log = logging.getLogger("easel.pool")
+
+APP_NAME = "easel"
+REPLICA_LOST = "The machine running your request went away; please try again."
+_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+class Replica:
+    """One Serve replica: one device's Worker behind a `serve.batch` queue per batch key."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        device = resolve_devices(config.device)[0]  # Ray has narrowed CUDA_VISIBLE_DEVICES to this replica's share
+        tune_process([device], config.cpu_threads)
+        self.cpu = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="easel-cpu")
+        self.worker = Worker(device, config, self.cpu)
+        self.tasks = {name: TASKS[name] for name in (config.tasks or tuple(TASKS))}
+        self.batchers: dict[Hashable, Callable[[Job], Any]] = {}
+        if config.preload:  # the constructor runs before the replica takes requests
+            for task in self.tasks.values():
+                self.worker.nets_for(task)
+                if config.warmup:
+                    self.worker.warm(task)
+
+    async def run(self, job: Job) -> AsyncIterator[Progress | Outcome]:
+        """Stream "running" once the job is on this replica, then its Result or EaselError (as a value)."""
+        task = self.tasks.get(job.task)
+        if task is None:
+            yield UserError(f"There is no {job.task!r} command here.")
+            return
+        yield Progress("running")
+        try:
+            plan = task.plan(job, self.config.limits)
+        except EaselError as error:
+            yield error
+            return
+        yield await self._batcher(plan.key, task)(job)
+
+    def _batcher(self, key: Hashable, task: Task) -> Callable[[Job], Any]:
+        """The batch queue for one key: jobs with equal keys share a model run."""
+        if key not in self.batchers:
+            @serve.batch(max_batch_size=self.config.max_batch, batch_wait_timeout_s=self.config.batch_wait_s)
+            async def run_batch(jobs: list[Job]) -> list[Outcome]:
+                return await self._process(task, jobs)
+            self.batchers[key] = run_batch
+        return self.batchers[key]
+
+    async def _process(self, task: Task, jobs: list[Job]) -> list[Outcome]:
+        """Run a batch on the worker's thread, in pieces within the device's megapixel budget."""
+        outcomes: list[Outcome] = [RuntimeError("not run")] * len(jobs)
+        loop = asyncio.get_running_loop()
+        for piece in _within_budget([task.plan(j, self.config.limits).cost for j in jobs], self.worker.batch_megapixels):
+            def deliver(i: int, outcome: Outcome, piece: list[int] = piece) -> None:
+                outcomes[piece[i]] = outcome
+            await loop.run_in_executor(self.worker.executor, self.worker.process, task, [jobs[i] for i in piece],
+                                       _ignore, _always, deliver)
+        return [o if isinstance(o, Result | EaselError) else RuntimeError(f"{type(o).__name__}: {o}") for o in outcomes]
+
+    def status(self) -> dict[str, Any]:
+        context = serve.get_replica_context()
+        return {**self.worker.status(), "replica": context.replica_id.to_full_id_str()}
+
+
+def _ignore(fraction: float) -> None:
+    """Progress within a batch stays on the replica (the person sees "running")."""
+
+
+def _always(i: int) -> bool:
+    return True
+
+
+def _within_budget(costs: list[float], budget: float) -> list[list[int]]:
+    """Consecutive pieces of a batch whose costs fit the budget (a single job may exceed it alone)."""
+    pieces: list[list[int]] = [[]]
+    total = 0.0
+    for i, cost in enumerate(costs):
+        if pieces[-1] and total + cost > budget:
+            pieces.append([])
+            total = 0.0
+        pieces[-1].append(i)
+        total += cost
+    return pieces
+
+
+def application(config: PoolConfig, ray_config: RayConfig) -> serve.Application:
+    """The Serve application: only plain configuration is bound; replicas load their own weights."""
+    scaling: dict[str, Any] = {"num_replicas": ray_config.replicas}
+    if ray_config.max_replicas > ray_config.replicas:
+        scaling = {"autoscaling_config": {"min_replicas": ray_config.replicas, "max_replicas": ray_config.max_replicas,
+                                          "target_ongoing_requests": config.max_batch}}
+    threads = config.cpu_threads or (0 if ray_config.gpus_per_replica else max(1, math.ceil(ray_config.cpus_per_replica)))
+    deployment = serve.deployment(
+        Replica, name="Easel", **scaling,
+        max_ongoing_requests=2 * config.max_batch,  # one batch running, the next one forming
+        max_queued_requests=config.max_queue,
+        ray_actor_options={"num_cpus": ray_config.cpus_per_replica, "num_gpus": ray_config.gpus_per_replica},
+        logging_config={"enable_access_log": False},  # our runner logs each command once
+    )
+    return deployment.bind(replace(config, cpu_threads=threads))
+
+
+def connect(address: str) -> None:
+    """Join the cluster at `address`, or start a local Ray when it is empty (blocking: call off the loop)."""
+    if not ray.is_initialized():
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+
+
+def deploy(config: PoolConfig, ray_config: RayConfig) -> DeploymentHandle:
+    """Deploy (or update) the application and wait until its replicas are ready (blocking)."""
+    connect(ray_config.address)
+    return serve.run(application(config, ray_config), name=APP_NAME, route_prefix=None)
+
+
+class RayPool:
+    """The pool's API (`start`, `submit`, `status`, `close`) over a Serve application.
+
+    With an empty address it starts a local Ray and deploys the application itself (trying it
+    out); with an address it uses the application `easel serve` deployed there.
+    """
+
+    def __init__(self, config: PoolConfig = PoolConfig(), ray_config: RayConfig = RayConfig()) -> None:
+        self.config, self.ray_config = config, ray_config
+        self.tasks = {name: TASKS[name] for name in (config.tasks or tuple(TASKS))}
+        self.handle: DeploymentHandle | None = None
+        self.waiting = 0  # this process's jobs not yet on a replica
+        self.running = 0
+        self.retries = 0
+        self.devices: list[dict[str, Any]] = []  # a replica's device and models, as of start
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self.started = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.ray_config.address:
+            await loop.run_in_executor(None, connect, self.ray_config.address)
+            self.handle = serve.get_app_handle(APP_NAME)
+        else:
+            self.handle = await loop.run_in_executor(None, deploy, self.config, self.ray_config)
+        self.devices = await self.replicas()
+        self.started = True
+
+    async def submit(self, job: Job, on_progress: ProgressCallback | None = None, timeout: float | None = None) -> Result:
+        """Run one job on a replica; a replica lost mid-job gets the job once more elsewhere."""
+        if self._closing or not self.started:
+            raise BusyError(SHUTTING_DOWN)
+        task = self.tasks.get(job.task)
+        if task is None:
+            raise UserError(f"There is no {job.task!r} command here.")
+        task.plan(job, self.config.limits)  # bad input is refused here, before any round trip
+        timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
+        tell = on_progress or _nobody
+        self._idle.clear()
+        try:
+            return await asyncio.wait_for(self._attempts(job, tell), timeout)
+        except TimeoutError:
+            raise JobTimeout(f"That took longer than {timeout:.0f} seconds and was stopped.") from None
+        finally:
+            if not self.waiting and not self.running:
+                self._idle.set()
+
+    async def _attempts(self, job: Job, tell: ProgressCallback) -> Result:
+        for attempt in range(2):
+            try:
+                return await self._once(job, tell)
+            except _REPLICA_GONE:
+                if attempt:
+                    raise BusyError(REPLICA_LOST) from None
+                self.retries += 1
+                log.warning("a replica died with a %s job in flight: retrying it once", job.task)
+        raise AssertionError("unreachable")
+
+    async def _once(self, job: Job, tell: ProgressCallback) -> Result:
+        assert self.handle is not None
+        self.waiting += 1
+        tell(Progress("queued", self.waiting - 1))
+        on_replica = False
+        stream = self.handle.options(stream=True).run.remote(job)
+        try:
+            async for message in stream:
+                if isinstance(message, Progress):
+                    on_replica = True
+                    self.waiting -= 1
+                    self.running += 1
+                    tell(message)
+                elif isinstance(message, BaseException):
+                    raise message
+                else:
+                    return message
+            raise RuntimeError("the replica ended the stream without a result")
+        except BackPressureError:
+            raise BusyError(BUSY) from None
+        except asyncio.CancelledError:  # timed out, or the caller gave up: the replica may drop it
+            with contextlib.suppress(Exception):
+                stream.cancel()  # returns at once: the assignment is cancelled, or already known
+            raise
+        finally:
+            if on_replica:
+                self.running -= 1
+            else:
+                self.waiting -= 1
+
+    async def close(self, deadline_s: float = 30.0) -> None:
+        """Stop taking jobs and let this process's jobs finish until the deadline; the cluster stays up
+        (a local Ray this pool started goes down with it)."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), deadline_s)
+        except TimeoutError:
+            pass
+        if self.started and not self.ray_config.address:
+            await asyncio.get_running_loop().run_in_executor(None, _shutdown)
+        self.started = False
+
+    def status(self) -> dict[str, Any]:
+        """The local pool's status keys, seen from this process; devices: one replica's, as of start."""
+        return {"started": self.started, "closing": self._closing, "queued": self.waiting, "running": self.running,
+                "max_queue": self.config.max_queue, "devices": self.devices, "backend": "ray", "retries": self.retries,
+                "seconds_per_megapixel": {}}
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """One replica's device and models (the router picks which): for /status and tests."""
+        assert self.handle is not None
+        return [await self.handle.status.remote()]
+
+
+def _nobody(progress: Progress) -> None:
+    """No one to tell."""
+
+
+def _shutdown() -> None:
+    serve.shutdown()
+    ray.shutdown()
