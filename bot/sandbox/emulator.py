@@ -2,7 +2,8 @@
 
 It speaks Discord's documented payloads (API v10) closely enough for the real discord.py client:
 login, gateway HELLO/IDENTIFY/READY/GUILD_CREATE, heartbeats, RESUME after a dropped
-connection, command sync, INTERACTION_CREATE for slash commands (attachments resolved and served
+connection, sharding (a guild's events go to shard `(guild_id >> 22) % shard_count`, as
+Discord routes them; a wrong shard is refused with close code 4010 or 4011), command sync, INTERACTION_CREATE for slash commands (attachments resolved and served
 from the CDN), autocomplete and button clicks, and the interaction callback and webhook
 endpoints a bot answers through (multipart uploads included). Everything the bot sends is
 recorded per interaction, with timestamps, for tests and for `easel demo`.
@@ -81,6 +82,22 @@ class Upload:
     data: bytes
     content_type: str | None = "image/png"
     declared_size: int | None = None
+
+
+@dataclass
+class Session:
+    """One gateway connection's session: which shard it is, and its events for RESUME replay."""
+
+    ws: web.WebSocketResponse
+    shard: tuple[int, int]  # [shard_id, shard_count] as identified
+    id: str = field(default_factory=lambda: secrets.token_hex(16))
+    sequence: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Discord's routing: a guild's events to shard (guild_id >> 22) % count; DMs to shard 0."""
+        shard_id, count = self.shard
+        return shard_id == (0 if guild_id is None else (guild_id >> 22) % count)
 
 
 @dataclass
@@ -178,27 +195,31 @@ class Record:
 
 class DiscordEmulator:
     def __init__(self, *, heartbeat_interval_ms: int = 41250, attachment_size_limit: int = 10 * 2**20,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, shard_count: int = 1, guilds: int = 1) -> None:
+        """`shard_count` is what GET /gateway/bot recommends and IDENTIFY must use at least;
+        `guilds` servers, ids spaced so that consecutive ones fall on consecutive shards."""
         self.clock = clock
         self.token = "emulated." + secrets.token_urlsafe(24)
         self.application_id = snowflake()
-        self.guild_id = snowflake()
+        self.guild_ids = [snowflake() + (k << 22) for k in range(guilds)]
+        self.guild_id = self.guild_ids[0]
         self.channel_id = snowflake()
+        self.shard_count = shard_count
         self.bot_user = {"id": str(self.application_id), "username": "Easel", "discriminator": "0", "global_name": None,
                          "avatar": None, "bot": True, "flags": 0, "public_flags": 0, "verified": True, "mfa_enabled": False}
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.attachment_size_limit = attachment_size_limit
         self.commands: dict[str, dict[str, Any]] = {}
+        self.command_syncs = 0
         self.records: dict[str, Record] = {}  # by interaction token
         self.cdn: dict[str, Upload] = {}
         self.cdn_delay_s = 0.0
         self.upload_delay_s = 0.0  # a slow link: uploads of result files take this long
         self.uploads_in_flight = 0
-        self.session_id: str | None = None
-        self.sequence = 0
-        self.events: list[dict[str, Any]] = []  # dispatches of this session, for RESUME replay
+        self.sessions: dict[str, Session] = {}  # by session id; a RESUME finds its own
         self.sockets: list[web.WebSocketResponse] = []
-        self.identified = asyncio.Event()
+        self.identified = asyncio.Event()  # some shard is ready (see ready_for for a given guild)
+        self.shard_ready: dict[int, asyncio.Event] = {}
         self.resumes = 0
         self.heartbeats = 0
         self._send_lock = asyncio.Lock()
@@ -269,7 +290,7 @@ class DiscordEmulator:
     async def get_gateway_bot(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
-        return json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": {
+        return json_response({"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": {
             "total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1}})
 
     async def get_gateway(self, request: web.Request) -> web.Response:
@@ -283,6 +304,7 @@ class DiscordEmulator:
         if not self._authorised(request):
             return json_response({"message": "401: Unauthorized", "code": 0}, 401)
         body = await request.json()
+        self.command_syncs += 1
         stored = []
         for command in body:
             command = {**command, "id": str(snowflake()), "application_id": str(self.application_id),
@@ -323,14 +345,14 @@ class DiscordEmulator:
 
     def _message(self, record: Record, data: Mapping[str, Any], flags: int, attachments: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "id": str(snowflake()), "type": 20 if record.payload["type"] == 2 else 0, "channel_id": str(self.channel_id),
-            "guild_id": str(self.guild_id), "author": self.bot_user, "content": data.get("content") or "",
+            "id": str(snowflake()), "type": 20 if record.payload["type"] == 2 else 0, "channel_id": record.payload["channel_id"],
+            "guild_id": record.payload["guild_id"], "author": self.bot_user, "content": data.get("content") or "",
             "timestamp": now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False, "mentions": [],
             "mention_roles": [], "attachments": attachments, "embeds": data.get("embeds") or [], "pinned": False,
             "flags": flags, "components": data.get("components") or [], "webhook_id": str(self.application_id),
             "application_id": str(self.application_id),
             "interaction_metadata": {"id": str(record.id), "type": record.payload["type"], "user": _user_of(record.payload),
-                                     "authorizing_integration_owners": {"0": str(self.guild_id)}},
+                                     "authorizing_integration_owners": {"0": record.payload["guild_id"]}},
         }
 
     def _record(self, token: str) -> Record | None:
@@ -501,32 +523,58 @@ class DiscordEmulator:
             if data.get("token") != self.token:
                 await ws.close(code=4004, message=b"Authentication failed.")
                 return
-            self.session_id, self.sequence, self.events = secrets.token_hex(16), 0, []
-            await self._dispatch("READY", {
-                "v": 10, "user": self.bot_user, "guilds": [{"id": str(self.guild_id), "unavailable": True}],
-                "session_id": self.session_id, "resume_gateway_url": self.gateway_url, "shard": [0, 1],
+            shard_id, count = data.get("shard") or (0, 1)
+            if count < self.shard_count:
+                await ws.close(code=4011, message=b"Sharding required.")
+                return
+            if not 0 <= shard_id < count:
+                await ws.close(code=4010, message=b"Invalid shard.")
+                return
+            session = Session(ws, (shard_id, count))
+            self.sessions = {k: v for k, v in self.sessions.items() if v.shard[0] != shard_id}
+            self.sessions[session.id] = session
+            guilds = [g for g in self.guild_ids if session.owns(g)]
+            await self._dispatch_to(session, "READY", {
+                "v": 10, "user": self.bot_user, "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
+                "session_id": session.id, "resume_gateway_url": self.gateway_url, "shard": [shard_id, count],
                 "application": {"id": str(self.application_id), "flags": 0}, "private_channels": [], "relationships": [],
                 "presences": [], "user_settings": {}, "guild_join_requests": [], "geo_ordered_rtc_regions": [],
             })
-            await self._dispatch("GUILD_CREATE", self._guild())
+            for guild in guilds:
+                await self._dispatch_to(session, "GUILD_CREATE", self._guild(guild))
+            self.shard_ready.setdefault(shard_id, asyncio.Event()).set()
             self.identified.set()
         elif op == 6:
-            if data.get("token") != self.token or data.get("session_id") != self.session_id:
+            session = self.sessions.get(data.get("session_id"))
+            if data.get("token") != self.token or session is None:
                 await self._send(ws, {"op": 9, "d": False})
                 return
+            session.ws = ws
             self.resumes += 1
-            for event in self.events:
+            for event in session.events:
                 if event["s"] > (data.get("seq") or 0):
                     await self._send(ws, event)
-            await self._dispatch("RESUMED", {})
+            await self._dispatch_to(session, "RESUMED", {})
 
     async def _dispatch(self, name: str, data: dict[str, Any]) -> None:
-        """Send an event to the live connection; it is also kept so a RESUME can replay it."""
-        self.sequence += 1
-        event = {"op": 0, "t": name, "s": self.sequence, "d": data}
-        self.events.append(event)
-        for ws in list(self.sockets):
-            await self._send(ws, event)
+        """Send an event to the shard that owns its guild (DMs: shard 0)."""
+        guild = data.get("guild_id")
+        session = next(s for s in self.sessions.values() if s.owns(int(guild) if guild else None))
+        await self._dispatch_to(session, name, data)
+
+    async def _dispatch_to(self, session: Session, name: str, data: dict[str, Any]) -> None:
+        """Send an event on one session's connection; it is also kept so a RESUME can replay it."""
+        session.sequence += 1
+        event = {"op": 0, "t": name, "s": session.sequence, "d": data}
+        session.events.append(event)
+        await self._send(session.ws, event)
+
+    async def ready_for(self, guild_id: int) -> None:
+        """Wait until the shard that owns `guild_id` is connected."""
+        await self.identified.wait()
+        while not any(s.owns(guild_id) for s in self.sessions.values()):
+            shard = (guild_id >> 22) % next(iter(self.sessions.values())).shard[1]
+            await self.shard_ready.setdefault(shard, asyncio.Event()).wait()
 
     async def ask_to_reconnect(self) -> None:
         """Op 7, as Discord sends before moving a session: the client reconnects and resumes."""
@@ -538,25 +586,26 @@ class DiscordEmulator:
         for ws in list(self.sockets):
             await ws.close(code=code, message=b"Unknown error")
 
-    def _guild(self) -> dict[str, Any]:
-        everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": "2248473465835073", "position": 0,
+    def _guild(self, guild_id: int) -> dict[str, Any]:
+        everyone = {"id": str(guild_id), "name": "@everyone", "permissions": "2248473465835073", "position": 0,
                     "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
         me = {"user": self.bot_user, "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False, "flags": 0}
         return {
-            "id": str(self.guild_id), "name": "Easel sandbox", "icon": None, "splash": None, "discovery_splash": None,
+            "id": str(guild_id), "name": "Easel sandbox", "icon": None, "splash": None, "discovery_splash": None,
             "owner_id": str(snowflake()), "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
             "default_message_notifications": 0, "explicit_content_filter": 0, "roles": [everyone], "emojis": [],
             "features": [], "mfa_level": 0, "application_id": None, "system_channel_id": None, "system_channel_flags": 0,
             "rules_channel_id": None, "joined_at": now_iso(), "large": False, "unavailable": False, "member_count": 2,
-            "voice_states": [], "members": [me], "channels": [self._channel()], "threads": [], "presences": [],
+            "voice_states": [], "members": [me], "channels": [self._channel(guild_id)], "threads": [], "presences": [],
             "max_members": 500000, "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,
             "premium_subscription_count": 0, "preferred_locale": "en-US", "public_updates_channel_id": None,
             "nsfw_level": 0, "stage_instances": [], "stickers": [], "guild_scheduled_events": [],
             "premium_progress_bar_enabled": False, "soundboard_sounds": [],
         }
 
-    def _channel(self) -> dict[str, Any]:
-        return {"id": str(self.channel_id), "type": 0, "guild_id": str(self.guild_id), "name": "art", "position": 0,
+    def _channel(self, guild_id: int) -> dict[str, Any]:
+        channel_id = self.channel_id if guild_id == self.guild_id else guild_id + 1  # each guild's own #art
+        return {"id": str(channel_id), "type": 0, "guild_id": str(guild_id), "name": "art", "position": 0,
                 "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None, "last_message_id": None,
                 "rate_limit_per_user": 0, "flags": 0}
 
@@ -566,17 +615,20 @@ class DiscordEmulator:
         return {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name.title(), "avatar": None}
 
     def interaction(self, kind: int, data: dict[str, Any], user_id: int = 1001, message: dict[str, Any] | None = None,
-                    size_limit: int | None = None, age_s: float = 0.0) -> Record:
-        """An interaction as Discord delivers it, recorded but not yet dispatched (invoke and click send it)."""
+                    size_limit: int | None = None, age_s: float = 0.0, guild_id: int | None = None) -> Record:
+        """An interaction as Discord delivers it, in a guild (default the first), recorded but not
+        yet dispatched (invoke and click send it)."""
         interaction_id, token = snowflake(age_s), "interaction." + secrets.token_urlsafe(32)
         sent_at = self.clock()
+        guild_id = guild_id or self.guild_id
+        channel = self._channel(guild_id)
         payload: dict[str, Any] = {
             "id": str(interaction_id), "application_id": str(self.application_id), "type": kind, "data": data,
-            "guild_id": str(self.guild_id), "channel_id": str(self.channel_id), "channel": self._channel(),
+            "guild_id": str(guild_id), "channel_id": channel["id"], "channel": channel,
             "member": {"user": self.person(user_id), "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False,
                        "flags": 0, "pending": False, "nick": None, "avatar": None, "permissions": "2248473465835073"},
             "token": token, "version": 1, "app_permissions": "2248473465835073", "locale": "en-US",
-            "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": str(guild_id)},
             "context": 0, "attachment_size_limit": size_limit or self.attachment_size_limit,
         }
         if message is not None:
@@ -611,20 +663,21 @@ class DiscordEmulator:
         return options, ({"attachments": resolved} if resolved else {})
 
     async def invoke(self, name: str, options: Mapping[str, Any] | None = None, *, user_id: int = 1001,
-                     attachment_size_limit: int | None = None, age_s: float = 0.0) -> Record:
-        """A person runs /name with these options; returns the record of what the bot does.
+                     attachment_size_limit: int | None = None, age_s: float = 0.0, guild_id: int | None = None) -> Record:
+        """A person runs /name with these options in a guild (default the first); returns the
+        record of what the bot does.
 
         age_s makes the interaction look that much older (its id encodes when it was created), as
         when Discord delivers an event late: its token expires that much sooner, while the 3-second
         acknowledgement window still counts from now.
         """
-        await self.identified.wait()
+        await self.ready_for(guild_id or self.guild_id)
         command = self.commands[name]
         opts, resolved = self._options(name, options or {})
         data = {"id": command["id"], "name": name, "type": 1, "options": opts, **_guild_of(command)}
         if resolved:
             data["resolved"] = resolved
-        record = self.interaction(2, data, user_id, None, attachment_size_limit, age_s)
+        record = self.interaction(2, data, user_id, None, attachment_size_limit, age_s, guild_id)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
 

@@ -98,7 +98,8 @@ class Replica:
 
     def status(self) -> dict[str, Any]:
         context = serve.get_replica_context()
-        return {**self.worker.status(), "replica": context.replica_id.to_full_id_str()}
+        return {**self.worker.status(), "replica": context.replica_id.to_full_id_str(),
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 def _ignore(fraction: float) -> None:
@@ -251,7 +252,7 @@ class RayPool:
         except TimeoutError:
             pass
         if self.started and not self.ray_config.address:
-            await asyncio.get_running_loop().run_in_executor(None, _shutdown)
+            await asyncio.get_running_loop().run_in_executor(None, shutdown)
         self.started = False
 
     def status(self) -> dict[str, Any]:
@@ -270,6 +271,7 @@ def _nobody(progress: Progress) -> None:
     """No one to tell."""
 
 
-def _shutdown() -> None:
+def shutdown() -> None:
+    """Take down the Serve application and the local Ray this process started."""
     serve.shutdown()
     ray.shutdown()
