@@ -8,6 +8,9 @@ with max batch 1. A timer on the event loop records how late it wakes (loop lag)
 onnxruntime comparison runs both engines on equal work, one image at a time, same threads.
 `--scenarios fix40mp` (not in the default set: minutes on a CPU) times one `easel fix` of a
 6000x6600 photo, just under the 40 MP limit, in a fresh process, and reports its peak memory.
+`--backend ray` instead measures the Ray Serve backend on a local Ray: each job's overhead
+against the local pool (/dream count:1, one at a time, no batch wait), and throughput with one
+and two replicas.
 """
 
 from __future__ import annotations
@@ -116,6 +119,47 @@ async def bench_pool(scenarios: list[str], concurrencies: list[int], jobs_per_cl
         finally:
             await pool.close()
     return rows
+
+
+async def _one_at_a_time(pool: Any, jobs: int) -> list[float]:
+    """Latencies of /dream count:1 jobs submitted one after another (after one to warm up)."""
+    await pool.submit(Job("dream", {"seed": 0, "count": 1}))
+    latencies = []
+    for i in range(jobs):
+        started = time.perf_counter()
+        await pool.submit(Job("dream", {"seed": i, "count": 1}))
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+async def bench_ray(device: str, max_batch: int, jobs: int, concurrency: int) -> dict[str, Any]:
+    """The Ray backend's per-job overhead over the local pool, and its throughput with 1 and 2 replicas."""
+    from models.pool import RayConfig
+    from models.pool.ray_serve import RayPool
+
+    config = PoolConfig(device=device, tasks=("dream",), max_batch=max_batch, batch_wait_s=0.0, max_queue=1024,
+                        job_timeout_s=3600)
+    local = InferencePool(config)
+    await local.start()
+    try:
+        local_s = statistics.median(await _one_at_a_time(local, jobs))
+    finally:
+        await local.close()
+    report: dict[str, Any] = {"local_median_ms": round(local_s * 1000, 2)}
+    for replicas in (1, 2):
+        pool = RayPool(config, RayConfig(replicas=replicas, cpus_per_replica=1))
+        await pool.start()
+        try:
+            if replicas == 1:
+                ray_s = statistics.median(await _one_at_a_time(pool, jobs))
+                report.update(ray_median_ms=round(ray_s * 1000, 2), overhead_median_ms=round((ray_s - local_s) * 1000, 2))
+            row = await run_load(pool, SCENARIOS["dream"], concurrency, max(8, 4 * concurrency))
+            row.update(scenario="dream", concurrency=concurrency, replicas=replicas, images_per_s=round(row["jobs_per_s"] * 4, 2))
+            report[f"throughput_{replicas}_replica{'s' if replicas > 1 else ''}"] = row
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        finally:
+            await pool.close()
+    return report
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
@@ -237,6 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per engine in the onnxruntime comparison")
     parser.add_argument("--skip-onnxruntime", action="store_true")
     parser.add_argument("--skip-pool", action="store_true")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="ray: the Ray Serve backend's overhead and its throughput with 1 and 2 replicas (needs .[ray])")
+    parser.add_argument("--jobs", type=int, default=50, help="--backend ray: /dream count:1 jobs timed one at a time")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -252,6 +299,10 @@ def main(args: argparse.Namespace) -> None:
                     "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
+    if args.backend == "ray":
+        report["ray"] = asyncio.run(bench_ray(args.device, args.max_batch, args.jobs, max(concurrencies)))
+        print(json.dumps(report, indent=2))
+        return
     pool_rows = [] if args.skip_pool or not scenarios else asyncio.run(
         bench_pool(scenarios, concurrencies, args.jobs_per_client, args.device, args.max_batch))
     if large:

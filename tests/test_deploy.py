@@ -133,3 +133,42 @@ def test_install_script_works_in_a_fresh_venv(tmp_path, real_weights):
                           env={**env, "EASEL_WHEELHOUSE": ""}, capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     assert out.stat().st_size > 1000
+
+
+def test_the_ray_compose_profile_runs_a_head_a_gpu_worker_and_a_bot_on_one_image():
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    head, worker, bot = services["ray-head"], services["ray-worker"], services["easel-bot"]
+    for service in (head, worker, bot):
+        assert service["profiles"] == ["ray"] and service["image"] == "easel:ray"
+        assert service["build"]["args"] == {"VARIANT": "gpu", "EXTRAS": "ray"}
+        assert service["environment"]["EASEL_BACKEND"] == "ray" and service["environment"]["RAY_AUTH_TOKEN"]
+    assert "ray start --head --port=6379" in head["command"][-1] and "easel serve" in head["command"][-1]
+    assert head["environment"]["EASEL_RAY_ADDRESS"] == "127.0.0.1:6379"
+    assert "--address=ray-head:6379" in worker["command"][-1]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert bot["command"] == ["easel", "run"] and bot["environment"]["EASEL_RAY_ADDRESS"] == "ray-head:6379"
+    assert int(bot["stop_grace_period"].rstrip("s")) > SHUTDOWN_S
+    assert ("ARG", 'EXTRAS=""') in dockerfile_stages()["build"]
+    names = set(Settings.variables())
+    for service in (head, worker, bot):
+        assert {k for k in service["environment"] if k.startswith("EASEL_")} <= names
+
+
+def test_the_kuberay_manifest_serves_our_application_and_points_the_bot_at_its_head():
+    service, bot = yaml.safe_load_all((DEPLOY / "kuberay.yaml").read_text())
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    (application,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    module, _, builder = application["import_path"].partition(":")
+    assert module == "models.pool.ray_serve" and builder == "app"
+    assert (ROOT / (module.replace(".", "/") + ".py")).read_text().count(f"\ndef {builder}(") == 1
+    names = set(Settings.variables())
+    cluster = service["spec"]["rayClusterConfig"]
+    head_env = {e["name"] for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert head_env <= names
+    (gpu,) = cluster["workerGroupSpecs"]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    container = bot["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["EASEL_BACKEND"] == "ray" and env["EASEL_RAY_ADDRESS"] == f"{service['metadata']['name']}-head-svc:6379"
+    assert {k for k in env if k.startswith("EASEL_")} <= names and "DISCORD_TOKEN" in env
+    assert bot["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > SHUTDOWN_S

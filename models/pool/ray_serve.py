@@ -140,6 +140,15 @@ def application(config: PoolConfig, ray_config: RayConfig) -> serve.Application:
     return deployment.bind(replace(config, cpu_threads=threads))
 
 
+def app(args: dict[str, str]) -> serve.Application:
+    """The application from the EASEL_* environment, for a Serve config file or KubeRay's
+    RayService (`import_path: models.pool.ray_serve:app`); `args` is unused."""
+    from models.settings import ModelSettings
+
+    settings = ModelSettings.load(None)
+    return application(settings.pool_config(), settings.ray_config())
+
+
 def connect(address: str) -> None:
     """Join the cluster at `address`, or start a local Ray when it is empty (blocking: call off the loop)."""
     if not ray.is_initialized():
