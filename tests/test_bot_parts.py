@@ -59,6 +59,9 @@ def test_the_token_never_shows_in_settings_repr_or_errors(tmp_path, clean_env):
     ("EASEL_DEVICE", "tpu", "EASEL_DEVICE='tpu' is not valid: it must be auto, cpu, cuda or cuda:N"),
     ("EASEL_PRELOAD", "maybe", "EASEL_PRELOAD='maybe' is not valid"),
     ("EASEL_MAX_BATCH_MEGAPIXELS", "-2", "EASEL_MAX_BATCH_MEGAPIXELS='-2' is not valid"),
+    ("EASEL_BACKEND", "rey", "EASEL_BACKEND='rey' is not valid: it should be 'local' or 'ray'"),
+    ("EASEL_RAY_GPUS_PER_REPLICA", "2", "EASEL_RAY_GPUS_PER_REPLICA='2' is not valid: it should be less than or equal to 1"),
+    ("EASEL_SHARD_IDS", "1", "EASEL_SHARD_IDS needs EASEL_SHARD_COUNT"),
 ])
 @pytest.mark.parametrize("where", ["environment", ".env"])
 def test_a_bad_setting_is_one_sentence_naming_the_variable(name, value, words, where, tmp_path, clean_env):

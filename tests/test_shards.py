@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 
 import aiohttp
@@ -36,14 +37,14 @@ async def test_the_emulator_refuses_a_wrong_shard_as_discord_does():
 
 
 async def test_two_bot_processes_on_two_shards_answer_their_own_guilds_through_one_serve_app(real_weights, tmp_path):
-    """A fake two-node Ray cluster (one CPU each) holds two replicas, one per node; two `python -m bot`
-    processes hold shard 0 and shard 1 of 2; each guild's /dream is answered by its own shard's process."""
+    """A fake two-node Ray cluster (one CPU each) gets two replicas, one per node, from `easel serve`;
+    two `python -m bot` processes hold shard 0 and shard 1 of 2; each guild's /dream is answered by
+    its own shard's process."""
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from models.pool import PoolConfig, RayConfig
-    from models.pool.ray_serve import APP_NAME, deploy
+    from models.pool.ray_serve import APP_NAME
 
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -53,13 +54,16 @@ async def test_two_bot_processes_on_two_shards_answer_their_own_guilds_through_o
     processes: list[asyncio.subprocess.Process] = []
     outputs: list[bytearray] = []
     try:
-        ray_config = RayConfig(address=cluster.address, replicas=2, cpus_per_replica=1)
-        await asyncio.to_thread(deploy, PoolConfig(device="cpu", tasks=("dream",), warmup=False), ray_config)
+        ray_env = {**os.environ, "EASEL_RAY_ADDRESS": cluster.address, "EASEL_DEVICE": "cpu", "EASEL_PRELOAD": "false"}
+        served = subprocess.run([sys.executable, "-m", "models", "serve"], env={**ray_env, "EASEL_RAY_REPLICAS": "2"},
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        assert served.returncode == 0 and "with 2 replica(s)" in served.stdout, served.stdout + served.stderr[-3000:]
+        ray.init(address=cluster.address)
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # one CPU each: one replica per node
         for shard in (0, 1):
-            env = {**os.environ, "DISCORD_TOKEN": emulator.token, "EASEL_DISCORD_API_BASE": emulator.api_base,
+            env = {**ray_env, "DISCORD_TOKEN": emulator.token, "EASEL_DISCORD_API_BASE": emulator.api_base,
                    "EASEL_ATTACHMENT_HOSTS": emulator.cdn_host, "EASEL_COOLDOWN_S": "0", "EASEL_BACKEND": "ray",
-                   "EASEL_RAY_ADDRESS": cluster.address, "EASEL_SHARD_COUNT": "2", "EASEL_SHARD_IDS": str(shard)}
+                   "EASEL_SHARD_COUNT": "2", "EASEL_SHARD_IDS": str(shard)}
             process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=tmp_path, env=env,
                                                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             processes.append(process)
@@ -84,7 +88,8 @@ async def test_two_bot_processes_on_two_shards_answer_their_own_guilds_through_o
         logs = [o.decode() for o in outputs]
         for shard, log in enumerate(logs):
             assert "Traceback" not in log, log[-3000:]
-            assert f"guild={guilds[shard]}" in log and f"guild={guilds[1 - shard]}" not in log, log[-3000:]
+            for guild in guilds:
+                assert (f"guild={guild} " in log) == ((guild >> 22) % 2 == shard), log[-3000:]
     except (AssertionError, TimeoutError) as failure:
         shown = "\n".join(f"--- shard {i} ---\n{o.decode()[-3000:]}" for i, o in enumerate(outputs))
         raise AssertionError(f"{failure}\n{shown}") from failure
