@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -74,10 +76,11 @@ class Replica:
         except EaselError as error:
             yield error
             return
-        yield await self._batcher(plan.key, task)(job)
+        yield await self._batcher(task, plan.key)(job)
 
-    def _batcher(self, key: Hashable, task: Task) -> Callable[[Job], Any]:
-        """The batch queue for one key: jobs with equal keys share a model run."""
+    def _batcher(self, task: Task, batch_key: Hashable) -> Callable[[Job], Any]:
+        """The batch queue for one task and key: jobs with equal keys share a model run."""
+        key = (task.name, batch_key)
         if key not in self.batchers:
             @serve.batch(max_batch_size=self.config.max_batch, batch_wait_timeout_s=self.config.batch_wait_s)
             async def run_batch(jobs: list[Job]) -> list[Outcome]:
@@ -189,6 +192,7 @@ class RayPool:
             self.handle = serve.get_app_handle(APP_NAME)
         else:
             self.handle = await loop.run_in_executor(None, deploy, self.config, self.ray_config)
+        _reclaim_signals()
         self.devices = await self.replicas()
         self.started = True
 
@@ -253,15 +257,15 @@ class RayPool:
                 self.waiting -= 1
 
     async def close(self, deadline_s: float = 30.0) -> None:
-        """Stop taking jobs and let this process's jobs finish until the deadline; the cluster stays up
-        (a local Ray this pool started goes down with it)."""
+        """Stop taking jobs, let this process's jobs finish until the deadline, then leave the
+        cluster, which stays up (a local Ray this pool started goes down with it)."""
         self._closing = True
         try:
             await asyncio.wait_for(self._idle.wait(), deadline_s)
         except TimeoutError:
             pass
-        if self.started and not self.ray_config.address:
-            await asyncio.get_running_loop().run_in_executor(None, shutdown)
+        if self.started:
+            await asyncio.get_running_loop().run_in_executor(None, ray.shutdown if self.ray_config.address else shutdown)
         self.started = False
 
     def status(self) -> dict[str, Any]:
@@ -274,6 +278,18 @@ class RayPool:
         """One replica's device and models (the router picks which): for /status and tests."""
         assert self.handle is not None
         return [await self.handle.status.remote()]
+
+
+def _reclaim_signals() -> None:
+    """Joining Ray installs its crash handler for SIGTERM, which prints a stack dump and re-raises
+    the signal; for the bot SIGTERM is a clean shutdown, so SIGTERM and SIGINT go back to Python's
+    handlers (the event loop's). Only the main thread may set them."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _nobody(progress: Progress) -> None:
