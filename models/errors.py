@@ -46,6 +46,12 @@ class JobTimeout(EaselError):
     outcome = "timeout"
 
 
+class Cancelled(EaselError):
+    """The person who asked cancelled the job (queued: it left the queue; running: it stops at the next batch or tile)."""
+
+    outcome = "cancelled"
+
+
 class ResourceError(EaselError):
     """The job needs more memory than the device has, even at the smallest batch and tile."""
 

@@ -6,6 +6,7 @@ boundary unchanged (the route to a Ray Serve backend).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ class Job:
     format: str = "auto"  # "auto", "png", "jpeg" or "webp" for stills
     user: str = ""  # who asked, and in which server: the queue serves servers, and people within them, in turn
     guild: str = ""  # empty outside a server (a DM, the command line)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what `pool.cancel(id)` names: plain data, any backend
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@
     result = await pool.submit(Job("dream", {"count": 4, "seed": 7}), on_progress=print)
     await pool.close()
 
-`submit` is the whole API a caller needs (plus `status` and `close`): plain data in, encoded
-images out. The pool admits a job (cheap checks, queue bound, whether it could finish in
+`submit` is the whole API a caller needs (plus `cancel`, `status` and `close`): plain data in,
+encoded images out; `cancel(job.id)` names a job by its plain-data id, as any backend can. The pool admits a job (cheap checks, queue bound, whether it could finish in
 time), keeps it in the fair queue (`queue.py`) with its wait estimate (`estimate.py`), and
 hands batches to one worker per device (`worker.py`). Model code runs on the worker's own
 thread, so the event loop never waits on a tensor.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from models.errors import BusyError, JobTimeout, UserError
+from models.errors import BusyError, Cancelled, EaselError, JobTimeout, UserError
 from models.jobs import Job, Progress, Result
 from models.pool.config import PoolConfig
 from models.pool.devices import resolve_devices, tune_process, usable_cores
@@ -38,6 +38,7 @@ log = logging.getLogger("easel.pool")
 ProgressCallback = Callable[[Progress], None]
 SHUTTING_DOWN = "The bot is shutting down; please try again in a minute."
 BUSY = "I'm busy with a queue of requests right now; please try again in a moment."
+CANCELLED = "🛑 Cancelled, as you asked."
 
 
 def _duration(seconds: float) -> str:
@@ -217,12 +218,27 @@ class InferencePool:
         wait = self.estimator.wait_s(ticket.task.name, ticket.cost, ((t.task.name, t.cost) for t in ahead), len(self._workers))
         return len(ahead), wait
 
-    def _drop(self, ticket: _Ticket) -> None:
+    def cancel(self, job_id: str) -> bool:
+        """The person who asked no longer wants the job: a queued one leaves the queue at once, a running
+        one stops at its next batch or tile boundary (its batch mates carry on), and `submit` raises
+        Cancelled now. False if the pool no longer holds that job (finished, or never here)."""
+        for ticket in [*self._queue.order(), *self._running]:
+            if ticket.job.id == job_id and not ticket.future.done():
+                self._drop(ticket, Cancelled(CANCELLED))
+                return True
+        return False
+
+    def _drop(self, ticket: _Ticket, error: EaselError | None = None) -> None:
+        """Forget a job: out of the queue, skipped by its worker; its caller gets `error` (else CancelledError)."""
         ticket.cancelled = True
         if self._queue.remove(ticket):
             self._report_positions()
-        if not ticket.future.done():
+        if ticket.future.done():
+            return
+        if error is None:
             ticket.future.cancel()
+        else:
+            ticket.future.set_exception(error)
 
     def _report_positions(self) -> None:
         order = self._queue.order()
@@ -296,7 +312,8 @@ class InferencePool:
         if isinstance(outcome, BaseException):
             ticket.future.set_exception(outcome)
             return
-        timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3), "run_s": round(self.clock() - ticket.started_at, 3)}
+        timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3), "run_s": round(self.clock() - ticket.started_at, 3),
+                   "cost": ticket.cost}  # the plan's units of work (megapixel-equivalents): what a daily quota counts
         ticket.future.set_result(Result(outcome.files, {**outcome.info, **timings}))
 
     # -- status ------------------------------------------------------------------------

@@ -54,8 +54,8 @@ class Worker:
             log.info("loaded %s on %s in %.1fs", task.name, self.device, time.perf_counter() - started)
         return self.nets[task.name]
 
-    def context(self, progress: Callable[[float], None]) -> RunContext:
-        return RunContext(self.device, reduced_dtype(self.config.precision, self.device), self.channels_last, 0, progress)
+    def context(self, progress: Callable[[float], None], wanted: Callable[[int], bool] = lambda i: True) -> RunContext:
+        return RunContext(self.device, reduced_dtype(self.config.precision, self.device), self.channels_last, 0, progress, wanted)
 
     def run_batch(self, task: Task, items: list[Any], ctx: RunContext) -> list[Any]:
         """task.run, held to its contract (one output per item), with out-of-memory recovery:
@@ -67,7 +67,8 @@ class Worker:
             if len(items) > 1:
                 half = len(items) // 2
                 log.warning("out of memory on %s with a batch of %d %s jobs: splitting", self.device, len(items), task.name)
-                return self.run_batch(task, items[:half], ctx) + self.run_batch(task, items[half:], ctx)
+                second = dataclasses.replace(ctx, wanted=lambda i: ctx.wanted(half + i))
+                return self.run_batch(task, items[:half], ctx) + self.run_batch(task, items[half:], second)
             if ctx.shrink < MAX_SHRINK:
                 log.warning("out of memory on %s for one %s job: retrying smaller (level %d)", self.device, task.name, ctx.shrink + 1)
                 return self.run_batch(task, items, dataclasses.replace(ctx, shrink=ctx.shrink + 1))
@@ -81,7 +82,8 @@ class Worker:
                 wanted: Callable[[int], bool], deliver: Callable[[int, Outcome], None]) -> None:
         """On this worker's thread: run jobs[i] for every i still `wanted`, as one batch, and
         `deliver(i, result or error)` for each as soon as it is known. Jobs no longer wanted
-        (cancelled) are skipped before and after the model runs."""
+        (cancelled) are skipped before and after the model runs, and between the steps of a task
+        that works in steps (RunContext.wanted)."""
         live, items = [], []
         for i, item in self._on_cpu([i for i in range(len(jobs)) if wanted(i)], lambda i: task.prepare(jobs[i], self.config.limits)):
             if isinstance(item, BaseException):
@@ -95,7 +97,7 @@ class Worker:
         started = time.perf_counter()
         try:
             with torch.inference_mode():
-                outputs = self.run_batch(task, items, self.context(progress))
+                outputs = self.run_batch(task, items, self.context(progress, lambda k: wanted(live[k])))
         except Exception as error:
             _log_failure(task, error, len(live))
             for i in live:

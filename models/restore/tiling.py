@@ -42,8 +42,13 @@ def restore_tiled(
     overlap: int = 32,
     batch: int = 8,
     progress: Callable[[float], None] = lambda fraction: None,
+    wanted: Callable[[int], bool] = lambda n: True,
 ) -> list[torch.Tensor]:
-    """Apply `net` (a (N, 3, h, w) -> (N, 3, h, w) callable) to (3, H, W) images of any sizes."""
+    """Apply `net` (a (N, 3, h, w) -> (N, 3, h, w) callable) to (3, H, W) images of any sizes.
+
+    `wanted(n)` is asked before every batch of tiles: the tiles of an image no longer wanted (its
+    job was cancelled) are skipped from then on, while the other images' tiles carry on; that
+    image's output is then unfinished, for the caller to discard."""
     sizes = [image.shape[1:] for image in images]
     images = [_at_least(image, MIN_SIDE) for image in images]
     jobs: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)  # tile shape -> (image, top, left)
@@ -58,8 +63,8 @@ def restore_tiled(
     total, done = sum(len(v) for v in jobs.values()), 0
     for (th, tw), places in jobs.items():
         window = _window(th, tw, overlap)
-        for i in range(0, len(places), batch):
-            chunk = places[i:i + batch]
+        while places := [p for p in places if wanted(p[0])]:
+            chunk, places = places[:batch], places[batch:]
             crops = torch.stack([images[n][:, t:t + th, l:l + tw] for n, t, l in chunk])
             out = net(crops).float().cpu()
             for (n, t, l), pred in zip(chunk, out):

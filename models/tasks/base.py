@@ -31,13 +31,17 @@ class Plan:
 
 @dataclass
 class RunContext:
-    """Where and how a batch runs; `shrink` > 0 asks for a smaller-memory attempt after an OOM."""
+    """Where and how a batch runs; `shrink` > 0 asks for a smaller-memory attempt after an OOM.
+
+    `wanted(i)` turns False once items[i]'s job is cancelled: a task that works in steps (tiles)
+    may skip that item's remaining steps; its output is then discarded, so any placeholder will do."""
 
     device: torch.device
     reduced_dtype: torch.dtype | None = None  # autocast dtype where a task allows it
     channels_last: bool = False
     shrink: int = 0
     progress: Callable[[float], None] = field(default=lambda fraction: None)
+    wanted: Callable[[int], bool] = field(default=lambda i: True)
 
     def tensor(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)

@@ -92,7 +92,7 @@ class Fix(Task):
             return net(ctx.tensor(x))  # full precision: the residual is finer than bf16 can hold
 
         return restore_tiled(forward, [i.photo for i in items], tile=max(64, tile >> ctx.shrink), overlap=32,
-                             batch=max(1, batch >> ctx.shrink), progress=ctx.progress)
+                             batch=max(1, batch >> ctx.shrink), progress=ctx.progress, wanted=ctx.wanted)
 
     def finish(self, job: Job, item: Item, output: torch.Tensor) -> Result:
         restored = output.lerp_(item.photo, 1 - item.strength)  # in place: a 40 MP copy is 475 MB
