@@ -3,9 +3,11 @@
 It speaks Discord's documented payloads (API v10) closely enough for the real discord.py client:
 login, gateway HELLO/IDENTIFY/READY/GUILD_CREATE, heartbeats, RESUME after a dropped
 connection, sharding (a guild's events go to shard `(guild_id >> 22) % shard_count`, as
-Discord routes them; a wrong shard is refused with close code 4010 or 4011), command sync, INTERACTION_CREATE for slash commands (attachments resolved and served
-from the CDN), autocomplete and button clicks, and the interaction callback and webhook
-endpoints a bot answers through (multipart uploads included). Everything the bot sends is
+Discord routes them, DMs to shard 0; a wrong shard is refused with close code 4010 or 4011),
+command sync, INTERACTION_CREATE for slash commands (attachments resolved and served from the
+CDN; in a server or in a DM with the bot), autocomplete and button clicks, the interaction
+callback and webhook endpoints a bot answers through (multipart uploads included), and deleting
+a channel message. Everything the bot sends is
 recorded per interaction, with timestamps, for tests and for `easel demo`.
 
 It is no kinder than Discord about replies, since a lenient emulator hides lost answers:
@@ -14,7 +16,12 @@ It is no kinder than Discord about replies, since a lenient emulator hides lost 
   the defer's visibility, whatever its own flags say;
 - once the original is deleted, every webhook call on it answers 10008;
 - the interaction token works for 15 minutes from the interaction's creation (then 50027);
-- files over the context's `attachment_size_limit` are refused with 40005.
+- files over the context's `attachment_size_limit` are refused with 40005;
+- a command is delivered only in the contexts it was declared for (`contexts`: a DM invocation of
+  a guild-only command is refused, as Discord's client would not even offer it);
+- only the person who ran a command sees its ephemeral messages, so only they can press their
+  buttons (`click(..., message=...)` plays a crafted or stale client's press);
+- an ephemeral message is no channel message: deleting it by channel and id answers 10008.
 Time rules read `clock`, so tests move time instead of waiting for it.
 """
 
@@ -38,6 +45,9 @@ from bot.replies import is_interim
 
 DISCORD_EPOCH_MS = 1420070400000
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
+MEMBER_PERMISSIONS = 2248473465835073  # a plain member's, in the channel: no Manage Messages
+MANAGE_MESSAGES = 1 << 13
+GUILD_CONTEXT, BOT_DM_CONTEXT = 0, 1
 ATTACHMENT_OPTION = 11
 ACK_WINDOW_S = 3.0
 TOKEN_LIFETIME_S = 15 * 60
@@ -121,6 +131,7 @@ class Record:
     edits: list[tuple[float, str]] = field(default_factory=list)  # (time, content) of each edit of the original
     followups: list[dict[str, Any]] = field(default_factory=list)
     followup_files: list[dict[str, bytes]] = field(default_factory=list)
+    removed: list[dict[str, Any]] = field(default_factory=list)  # follow-ups deleted from the channel
     deleted: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -162,9 +173,19 @@ class Record:
     def custom_ids(self) -> list[str]:
         return [c["custom_id"] for row in self.components for c in row.get("components", []) if "custom_id" in c]
 
+    @property
+    def private_custom_ids(self) -> list[str]:
+        """The buttons on the messages only the asker sees (their Cancel button while waiting)."""
+        return [c["custom_id"] for m, _ in self.visible() if m["flags"] & EPHEMERAL
+                for row in m.get("components", []) for c in row.get("components", []) if "custom_id" in c]
+
+    @property
+    def asker(self) -> int:
+        return int(_user_of(self.payload)["id"])
+
     def message_with(self, custom_id: str) -> dict[str, Any]:
-        """The public message carrying a button (for a click on it)."""
-        for message, _ in self.public:
+        """The visible message carrying a button (for a click on it)."""
+        for message, _ in self.visible():
             if any(c.get("custom_id") == custom_id for row in message.get("components", []) for c in row.get("components", [])):
                 return message
         raise KeyError(f"no button {custom_id!r} on a message of this interaction")
@@ -211,6 +232,8 @@ class DiscordEmulator:
         self.attachment_size_limit = attachment_size_limit
         self.commands: dict[str, dict[str, Any]] = {}
         self.command_syncs = 0
+        self.moderators: set[int] = set()  # people with Manage Messages in the channel
+        self.dm_channels: dict[int, int] = {}  # person -> their DM channel with the bot
         self.records: dict[str, Record] = {}  # by interaction token
         self.cdn: dict[str, Upload] = {}
         self.cdn_delay_s = 0.0
@@ -243,6 +266,7 @@ class DiscordEmulator:
             ("PATCH", f"{api}/webhooks/{{app}}/{{token}}/messages/@original", self.patch_original),
             ("DELETE", f"{api}/webhooks/{{app}}/{{token}}/messages/@original", self.delete_original),
             ("POST", f"{api}/webhooks/{{app}}/{{token}}", self.post_followup),
+            ("DELETE", f"{api}/channels/{{channel}}/messages/{{message}}", self.delete_message),
             ("GET", "/gateway", self.gateway),
             ("GET", "/attachments/{channel}/{attachment}/{filename}", self.get_attachment),
         ]
@@ -346,7 +370,8 @@ class DiscordEmulator:
     def _message(self, record: Record, data: Mapping[str, Any], flags: int, attachments: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": str(snowflake()), "type": 20 if record.payload["type"] == 2 else 0, "channel_id": record.payload["channel_id"],
-            "guild_id": record.payload["guild_id"], "author": self.bot_user, "content": data.get("content") or "",
+            **({"guild_id": record.payload["guild_id"]} if "guild_id" in record.payload else {}), "author": self.bot_user,
+            "content": data.get("content") or "",
             "timestamp": now_iso(), "edited_timestamp": None, "tts": False, "mention_everyone": False, "mentions": [],
             "mention_roles": [], "attachments": attachments, "embeds": data.get("embeds") or [], "pinned": False,
             "flags": flags, "components": data.get("components") or [], "webhook_id": str(self.application_id),
@@ -414,6 +439,8 @@ class DiscordEmulator:
         resource: dict[str, Any] = {"type": kind}
         if kind == 8:  # autocomplete result
             record.choices = data.get("choices", [])
+        elif kind == 6 and record.payload["type"] != 3:  # "deferred update" acknowledges a button press only
+            return json_response({"message": "Invalid Form Body", "code": 50035}, 400)
         elif kind in (4, 5):
             flags = (data.get("flags") or 0) & EPHEMERAL | (LOADING if kind == 5 else 0)
             attachments = [self._attachment(name, blob) for name, blob in files.items()]
@@ -484,6 +511,20 @@ class DiscordEmulator:
         record.followup_files.append(files)
         self._changed(record)
         return json_response(message)
+
+    async def delete_message(self, request: web.Request) -> web.Response:
+        """The bot deletes one of its channel messages (a follow-up; never an ephemeral one)."""
+        if not self._authorised(request):
+            return json_response({"message": "401: Unauthorized", "code": 0}, 401)
+        channel, message_id = request.match_info["channel"], request.match_info["message"]
+        for record in self.records.values():
+            for i, message in enumerate(record.followups):
+                if message["id"] == message_id and message["channel_id"] == channel and not message["flags"] & EPHEMERAL:
+                    record.removed.append(record.followups.pop(i))
+                    record.followup_files.pop(i)
+                    self._changed(record)
+                    return web.Response(status=204)
+        return discord_error(10008)
 
     async def get_attachment(self, request: web.Request) -> web.StreamResponse:
         upload = self.cdn.get(request.match_info["attachment"])
@@ -615,22 +656,30 @@ class DiscordEmulator:
         return {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name.title(), "avatar": None}
 
     def interaction(self, kind: int, data: dict[str, Any], user_id: int = 1001, message: dict[str, Any] | None = None,
-                    size_limit: int | None = None, age_s: float = 0.0, guild_id: int | None = None) -> Record:
-        """An interaction as Discord delivers it, in a guild (default the first), recorded but not
-        yet dispatched (invoke and click send it)."""
+                    size_limit: int | None = None, age_s: float = 0.0, guild_id: int | None = None, dm: bool = False) -> Record:
+        """An interaction as Discord delivers it, in a guild (default the first) or a DM with the bot,
+        recorded but not yet dispatched (invoke and click send it). In a guild, `member.permissions`
+        are the person's in the channel (Manage Messages for moderators)."""
         interaction_id, token = snowflake(age_s), "interaction." + secrets.token_urlsafe(32)
         sent_at = self.clock()
         guild_id = guild_id or self.guild_id
-        channel = self._channel(guild_id)
         payload: dict[str, Any] = {
             "id": str(interaction_id), "application_id": str(self.application_id), "type": kind, "data": data,
-            "guild_id": str(guild_id), "channel_id": channel["id"], "channel": channel,
-            "member": {"user": self.person(user_id), "roles": [], "joined_at": now_iso(), "deaf": False, "mute": False,
-                       "flags": 0, "pending": False, "nick": None, "avatar": None, "permissions": "2248473465835073"},
-            "token": token, "version": 1, "app_permissions": "2248473465835073", "locale": "en-US",
-            "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": str(guild_id)},
-            "context": 0, "attachment_size_limit": size_limit or self.attachment_size_limit,
+            "token": token, "version": 1, "app_permissions": str(MEMBER_PERMISSIONS), "locale": "en-US",
+            "entitlements": [], "attachment_size_limit": size_limit or self.attachment_size_limit,
         }
+        if dm:  # a DM with the bot: no server, no member, the person as `user`
+            dm_channel = self.dm_channels.setdefault(user_id, snowflake())
+            payload.update(channel_id=str(dm_channel), channel=_dm_channel(dm_channel, user_id), user=self.person(user_id),
+                           context=BOT_DM_CONTEXT, authorizing_integration_owners={"0": "0"})
+        else:
+            permissions = MEMBER_PERMISSIONS | (MANAGE_MESSAGES if user_id in self.moderators else 0)
+            channel = self._channel(guild_id)
+            payload.update(guild_id=str(guild_id), channel_id=channel["id"], channel=channel,
+                           member={"user": self.person(user_id), "roles": [], "joined_at": now_iso(), "deaf": False,
+                                   "mute": False, "flags": 0, "pending": False, "nick": None, "avatar": None,
+                                   "permissions": str(permissions)},
+                           guild_locale="en-US", context=GUILD_CONTEXT, authorizing_integration_owners={"0": str(guild_id)})
         if message is not None:
             payload["message"] = message
         record = Record(interaction_id, token, payload, sent_at, sent_at - age_s)
@@ -663,9 +712,10 @@ class DiscordEmulator:
         return options, ({"attachments": resolved} if resolved else {})
 
     async def invoke(self, name: str, options: Mapping[str, Any] | None = None, *, user_id: int = 1001,
-                     attachment_size_limit: int | None = None, age_s: float = 0.0, guild_id: int | None = None) -> Record:
-        """A person runs /name with these options in a guild (default the first); returns the
-        record of what the bot does.
+                     attachment_size_limit: int | None = None, age_s: float = 0.0, guild_id: int | None = None,
+                     dm: bool = False) -> Record:
+        """A person runs /name with these options in a guild (default the first) or, `dm`, in a DM
+        with the bot; returns the record of what the bot does.
 
         age_s makes the interaction look that much older (its id encodes when it was created), as
         when Discord delivers an event late: its token expires that much sooner, while the 3-second
@@ -673,11 +723,13 @@ class DiscordEmulator:
         """
         await self.ready_for(guild_id or self.guild_id)
         command = self.commands[name]
+        if dm and not usable_in_dms(command):
+            raise PermissionError(f"/{name} is declared for servers only: Discord does not offer it in a DM")
         opts, resolved = self._options(name, options or {})
         data = {"id": command["id"], "name": name, "type": 1, "options": opts, **_guild_of(command)}
         if resolved:
             data["resolved"] = resolved
-        record = self.interaction(2, data, user_id, None, attachment_size_limit, age_s, guild_id)
+        record = self.interaction(2, data, user_id, None, attachment_size_limit, age_s, guild_id, dm)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
 
@@ -690,10 +742,17 @@ class DiscordEmulator:
         await record.wait(lambda r: r.choices is not None, timeout=10)
         return record.choices or []
 
-    async def click(self, on: Record, custom_id: str, *, user_id: int = 1001) -> Record:
-        """A person presses a button on the public message a previous interaction produced."""
+    async def click(self, on: Record, custom_id: str, *, user_id: int = 1001, message: dict[str, Any] | None = None) -> Record:
+        """A person presses a button on a message a previous interaction produced. Only the asker sees
+        its ephemeral messages, so only they can press those buttons. `message`: the press comes
+        from this copy of the message (a stale client's, or a crafted request), unchecked."""
         data = {"custom_id": custom_id, "component_type": 2}
-        record = self.interaction(3, data, user_id, on.message_with(custom_id), None)
+        if message is None:
+            message = on.message_with(custom_id)
+            if message["flags"] & EPHEMERAL and user_id != on.asker:
+                raise PermissionError(f"person {user_id} cannot see the ephemeral message that carries {custom_id!r}")
+        guild = on.payload.get("guild_id")  # pressed where the message is: its server, or the DM
+        record = self.interaction(3, data, user_id, message, None, guild_id=int(guild) if guild else None, dm=guild is None)
         await self._dispatch("INTERACTION_CREATE", record.payload)
         return record
 
@@ -701,6 +760,16 @@ class DiscordEmulator:
 def _guild_of(command: Mapping[str, Any]) -> dict[str, Any]:
     """An interaction's data names the guild only when the command was registered to that guild."""
     return {"guild_id": command["guild_id"]} if "guild_id" in command else {}
+
+
+def usable_in_dms(command: Mapping[str, Any]) -> bool:
+    """Discord's rule: a guild command never; a global one if its contexts include DMs (none declared: everywhere)."""
+    return "guild_id" not in command and BOT_DM_CONTEXT in (command.get("contexts") or [BOT_DM_CONTEXT])
+
+
+def _dm_channel(channel_id: int, user_id: int) -> dict[str, Any]:
+    return {"id": str(channel_id), "type": 1, "last_message_id": None, "flags": 0,
+            "recipients": [{"id": str(user_id), "username": "person", "discriminator": "0", "global_name": None, "avatar": None}]}
 
 
 def _user_of(payload: Mapping[str, Any]) -> dict[str, Any]:
