@@ -18,6 +18,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from bot import health
+from bot.controls import CancelButton, DeleteButton
 from bot.metrics import Metrics
 from bot.replies import send_error
 from bot.runner import Runner
@@ -39,7 +40,11 @@ class EaselBot(commands.Bot):
         intents.guilds = True  # slash commands need no privileged intents
         shards = {} if settings.shard_count is None else {
             "shard_count": settings.shard_count, "shard_ids": list(settings.shard_ids) if settings.shard_ids else None}
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **shards)
+        dms = settings.allow_dms
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **shards,
+                         # where the commands appear: servers, and direct messages with the bot only when allowed
+                         allowed_contexts=discord.app_commands.AppCommandContext(guild=True, dm_channel=dms, private_channel=False),
+                         allowed_installs=discord.app_commands.AppInstallationType(guild=True, user=False))
         self.settings = settings
         self.pool = pool or settings.pool()
         self.metrics = Metrics()
@@ -66,6 +71,7 @@ class EaselBot(commands.Bot):
         await self.pool.start()  # models load and warm up before we take any interaction
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+        self.add_dynamic_items(CancelButton, DeleteButton)  # routed by custom_id, after a restart too
         if self.settings.holds_shard_zero:
             await self.sync_commands()
 
@@ -106,6 +112,8 @@ class EaselBot(commands.Bot):
             await self.health.stop()
         if self.session is not None:
             await self.session.close()
+        if self.runner is not None:
+            self.runner.quota.close()
 
 
 class ShardedEaselBot(EaselBot, commands.AutoShardedBot):

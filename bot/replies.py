@@ -6,9 +6,11 @@ a deferred original is still loading becomes that original, with its visibility.
 - a refusal before the defer (cooldown, per-user or per-server limit, not an image) is the
   initial response itself, ephemeral;
 - otherwise the defer is ephemeral ("Easel is thinking…", only the asker sees it); queue position,
-  progress and every later refusal or error are edits of it, so they reach that person alone;
-- the result is public: the private original is first edited to DONE (resolving it), and only then
-  is the result sent as a follow-up, which is then its own, public message.
+  progress (with the asker's Cancel button) and every later refusal or error are edits of it, so
+  they reach that person alone;
+- the result is public: the private original is first edited to DONE (resolving it, and taking the
+  Cancel button away), and only then is the result sent as a follow-up, which is then its own,
+  public message, with the asker's Delete button.
 
 Every call goes through Discord's REST webhooks, so a gateway reconnect never loses a reply.
 """
@@ -54,8 +56,10 @@ class ProgressReporter:
     an edit in flight so a late progress edit can never overwrite the result.
     """
 
-    def __init__(self, interaction: discord.Interaction, task: str, interval: float = 1.0) -> None:
-        self.interaction, self.task, self.interval = interaction, task, interval
+    def __init__(self, interaction: discord.Interaction, task: str, view: discord.ui.View | None = None,
+                 interval: float = 1.0) -> None:
+        """`view`: the buttons every progress edit carries (the asker's Cancel)."""
+        self.interaction, self.task, self.view, self.interval = interaction, task, view, interval
         self.latest: str | None = None
         self.sent: str | None = None
         self.sender: asyncio.Task[None] | None = None
@@ -73,7 +77,7 @@ class ProgressReporter:
             text = self.sent = self.latest
             self.idle.clear()
             try:
-                await self.interaction.edit_original_response(content=text)
+                await self.interaction.edit_original_response(content=text, view=self.view)
             except discord.HTTPException as error:
                 log.warning("progress edit failed: %s", error)
                 return
@@ -103,7 +107,7 @@ async def defer(interaction: discord.Interaction) -> None:
 async def send_result(interaction: discord.Interaction, result: Result, text: str, view: discord.ui.View | None) -> None:
     """The result in public. The private original is resolved first: a follow-up sent while it still
     loads would become it, private. If the upload then fails, the caller's error edit replaces DONE."""
-    await interaction.edit_original_response(content=DONE)
+    await interaction.edit_original_response(content=DONE, view=None)
     await interaction.followup.send(text, files=result_files(result), view=view if view is not None else discord.utils.MISSING)
 
 

@@ -21,8 +21,10 @@ import discord
 
 from bot import replies
 from bot.attachments import DownloadError, download
+from bot.controls import cancel_view, with_delete
 from bot.limits import Limiter
 from bot.metrics import Metrics
+from bot.quota import Quota
 from bot.settings import Settings
 from models.errors import BusyError, EaselError
 from models.jobs import Job, Result
@@ -55,6 +57,7 @@ class Runner:
     def __init__(self, pool: InferencePool, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.pool, self.settings, self.session, self.metrics = pool, settings, session, metrics
         self.limiter = Limiter(settings.cooldown_s, settings.max_jobs_per_user)
+        self.quota = Quota(settings.quota_path, settings.daily_quota)
         self.active: set[asyncio.Task[None]] = set()  # commands being handled, replies included
 
     async def drain(self, timeout: float) -> None:
@@ -85,12 +88,14 @@ class Runner:
         user, guild = interaction.user.id, interaction.guild_id
         outcome, info, slot = "ok", {}, None
         try:
+            self.quota.check(user)
             slot = self.limiter.acquire(user)
             self._precheck(request)
             await replies.defer(interaction)
             result = await self._run(interaction, request)
             info = dict(result.info)
-            await replies.send_result(interaction, result, request.describe(result), request.view(result))
+            self.quota.charge(user, info["cost"])
+            await replies.send_result(interaction, result, request.describe(result), with_delete(request.view(result), user))
         except EaselError as error:
             outcome = error.outcome
             await replies.send_error(interaction, str(error))
@@ -117,7 +122,7 @@ class Runner:
         max_bytes = min(self.settings.upload_limit, interaction.filesize_limit or self.settings.upload_limit)
         job = Job(request.task, dict(request.options), images, max_bytes=max_bytes,
                   user=str(interaction.user.id), guild=str(interaction.guild_id or ""))
-        progress = replies.ProgressReporter(interaction, request.task)
+        progress = replies.ProgressReporter(interaction, request.task, cancel_view(interaction.user.id, job.id))
         try:
             return await self.pool.submit(job, on_progress=progress.update, timeout=token_seconds_left(interaction))
         finally:
@@ -131,7 +136,7 @@ class Runner:
         """One log line and the metrics for a finished command (never the token, never attachment URLs)."""
         seconds = time.monotonic() - started
         self.metrics.commands.labels(request.command, outcome).inc()
-        if outcome not in ("ok", "limited"):
+        if outcome not in ("ok", "limited", "quota", "cancelled"):
             self.metrics.errors.labels(outcome).inc()
         if "model_s" in info:
             self.metrics.model_seconds.labels(request.task).observe(info["model_s"])

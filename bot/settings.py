@@ -7,6 +7,7 @@ secret: it never appears in a repr, a log line or an error message.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -33,6 +34,9 @@ class Settings(ModelSettings):
     download_timeout_s: float = Field(30.0, gt=0, le=3600)
     cooldown_s: float = Field(5.0, ge=0, le=86_400)
     max_jobs_per_user: int = Field(2, ge=1, le=1000)
+    allow_dms: bool = False  # commands usable in direct messages with the bot too (else servers only)
+    daily_quota: float = Field(0.0, ge=0, le=1e9)  # units of work per person per UTC day (megapixel-equivalents); 0: none
+    quota_file: Path | None = None  # where the day's use is kept; default <cache dir>/quota.sqlite3
     shutdown_grace_s: float = Field(30.0, ge=0, le=3600)
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(None, ge=1, le=65_535)  # /healthz and /metrics, off when unset
@@ -72,3 +76,7 @@ class Settings(ModelSettings):
     @property
     def upload_limit(self) -> int:
         return int(self.upload_limit_mb * MB)
+
+    @property
+    def quota_path(self) -> Path:
+        return self.quota_file or self.cache_dir / "quota.sqlite3"

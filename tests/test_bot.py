@@ -153,14 +153,15 @@ async def test_dream_posts_a_reproducible_grid_with_its_seed_and_buttons(discord
     assert same_picture(image_of(first, "faces.png"), image_of(second, "faces.png"))
     assert image_of(first, "faces.png").size == (3 * 128 + 4 * 4, 3 * 128 + 4 * 4)  # 3x3 faces
     assert "9 faces" in first.content and "seed **77**" in first.content
-    assert first.custom_ids == ["easel:dream:reroll:77:9:70", "easel:dream:vary:77:9:70", "easel:dream:morph:77:9:70"]
+    assert first.custom_ids == ["easel:dream:reroll:77:9:70", "easel:dream:vary:77:9:70", "easel:dream:morph:77:9:70",
+                                "easel:delete:1001"]
 
 
 async def test_dream_buttons_reroll_vary_and_morph(discord_sandbox):
     emulator, _ = discord_sandbox
     grid = await emulator.invoke("dream", {"count": 4, "seed": 5})
     await grid.wait()
-    reroll, vary, morph = [await emulator.click(grid, custom_id) for custom_id in grid.custom_ids]
+    reroll, vary, morph = [await emulator.click(grid, custom_id) for custom_id in grid.custom_ids if ":dream:" in custom_id]
     for record in (reroll, vary, morph):
         await record.wait()
         one_public_result(record)  # the presser's own "thinking", private; the new faces, public
