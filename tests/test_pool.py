@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from models import samples
-from models.errors import BusyError, DeviceError, JobTimeout, ResourceError, TaskContractError, UserError
+from models.errors import BusyError, Cancelled, DeviceError, JobTimeout, ResourceError, TaskContractError, UserError
 from models.jobs import File, Job, Progress, Result
 from models.pool import InferencePool, PoolConfig, resolve_devices
 from models.pool.estimate import WaitEstimator
@@ -266,6 +266,26 @@ async def test_a_cancelled_job_is_dropped_from_the_queue_and_its_batch():
     assert [r.info["value"] for r in results] == [2, 4, 8]
     assert task.batches == [[1], [2, 4]]
     assert pool.status()["queued"] == 0
+    await pool.close()
+
+
+async def test_cancel_by_job_id_drops_a_queued_job_and_answers_a_running_one_at_once():
+    """`cancel(job.id)`: plain data, as any backend can take it. The queued job never runs; the
+    running one's caller hears now, not when the batch ends; a finished or unknown job is not held."""
+    task = Echo()
+    pool = await started(task, max_batch=1, batch_wait_s=0)
+    jobs = [echo(v) for v in (1, 2, 3)]
+    first = await holding(task, pool, jobs[0])
+    second, third = await queue_behind(pool, jobs[1:])
+    assert pool.cancel(jobs[1].id) and pool.status()["queued"] == 1
+    assert pool.cancel(jobs[0].id)
+    for cancelled in (first, second):
+        with pytest.raises(Cancelled):
+            await cancelled  # while the gate is still closed
+    task.gate.set()
+    assert (await third).info["value"] == 6
+    assert task.batches == [[1], [3]]
+    assert not pool.cancel(jobs[2].id) and not pool.cancel("no-such-job")
     await pool.close()
 
 

@@ -1,8 +1,8 @@
 """`easel demo`: the real bot against the loopback Discord, driven through every command.
 
 No Discord account or network needed: it starts the emulator, starts EaselBot against it, runs
-/stylize, /dream (and presses its Morph button), /fix, one bad upload and one refusal (a cooldown),
-saves the posted files and `replies.json` (who saw which text) into a folder, and prints where.
+/stylize, /dream (and presses its Morph button), /fix, one bad upload, one refusal (a cooldown),
+a /fix its asker cancels, and the deletion of the /dream grid by its asker; saves the posted files and `replies.json` (who saw which text) into a folder, and prints where.
 """
 
 from __future__ import annotations
@@ -68,6 +68,21 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
     emulator = DiscordEmulator()
     await emulator.start()
     bot, running = await start_bot(emulator, sandbox_settings(emulator, device))
+    dream: Record | None = None
+
+    async def cancelled() -> Record:
+        """A /fix whose asker presses Cancel as soon as their private progress message shows it."""
+        record = await emulator.invoke("fix", {"photo": Upload("blurry.jpg", blurred_photo(), "image/jpeg")}, user_id=8)
+        await record.wait(lambda r: bool(r.private_custom_ids), timeout=600)
+        await emulator.click(record, record.private_custom_ids[0], user_id=8)
+        return record
+
+    async def deleted() -> Record:
+        """The /dream grid's asker presses its Delete button: the grid leaves the channel."""
+        assert dream is not None
+        await emulator.click(dream, next(c for c in dream.custom_ids if c.startswith("easel:delete:")), user_id=3)
+        return await dream.wait(lambda r: not r.public, timeout=60)
+
     steps: list[tuple[str, Any]] = [
         ("1-stylize", lambda: emulator.invoke("stylize", {"content": Upload("astronaut.jpg", samples.photo("astronaut"), "image/jpeg"),
                                                           "style": Upload("painting.png", samples.painting())}, user_id=1)),
@@ -78,8 +93,10 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
         ("5-fix", lambda: emulator.invoke("fix", {"photo": Upload("blurry.jpg", blurred_photo(), "image/jpeg")}, user_id=5)),
         ("6-bad-upload", lambda: emulator.invoke("fix", {"photo": Upload("photo.jpg", truncated_photo(), "image/jpeg")}, user_id=6)),
         ("7-refused-cooldown", lambda: emulator.invoke("dream", {"count": 4}, user_id=6)),  # the same person, at once
+        ("8-cancelled", cancelled),
+        ("9-deleted", deleted),
     ]
-    report, dream = [], None
+    report = []
     try:
         for step, action in steps:
             started = time.monotonic()
@@ -88,7 +105,7 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
                 record = await emulator.click(dream, next(c for c in dream.custom_ids if ":morph:" in c), user_id=4)
             else:
                 record = await action()
-            await record.wait(timeout=600)
+            await record.wait(lambda r: r.answered() or bool(r.removed), timeout=600)  # an outcome, or deleted
             if step == "3-dream":
                 dream = record
             report.append({"step": step, "acknowledged_s": round((record.acknowledged_at or started) - record.sent_at, 3),
