@@ -7,8 +7,9 @@
 
 `submit` is the whole API a caller needs (plus `cancel`, `status` and `close`): plain data in,
 encoded images out; `cancel(job.id)` names a job by its plain-data id, as any backend can. The
-pool admits a job (cheap checks, queue bound, whether it could finish in time), keeps it in the fair queue (`queue.py`) with its wait estimate (`estimate.py`), and
-hands batches to one worker per device (`worker.py`). Model code runs on the worker's own
+pool admits a job (cheap checks, queue bound, whether it could finish in time), keeps it in
+the fair queue (`queue.py`) with its wait estimate (`estimate.py`), and hands batches to one
+worker per device (`worker.py`). Model code runs on the worker's own
 thread, so the event loop never waits on a tensor.
 """
 
