@@ -111,6 +111,7 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
             report.append({"step": step, "acknowledged_s": round((record.acknowledged_at or started) - record.sent_at, 3),
                            "answered_s": round(time.monotonic() - started, 2),
                            "everyone_sees": record.content, "only_the_asker_sees": record.ephemeral_messages,
+                           "deleted_from_the_channel": [m["content"] for m in record.removed],
                            "files": [str(p) for p in save(record, out, step)]})
     finally:
         await bot.close()
@@ -129,6 +130,8 @@ def main(out: Path, device: str) -> None:
             print(f"  everyone sees: {row['everyone_sees']}")
         for text in row["only_the_asker_sees"]:
             print(f"  only the asker sees: {text}")
+        for text in row["deleted_from_the_channel"]:
+            print(f"  deleted, so nobody sees any more: {text}")
         for path in row["files"]:
             print(f"  saved {path}")
     print(f"\nAll replies are in {out.resolve()} (the texts, and who saw them, in replies.json)")
