@@ -24,7 +24,7 @@ def test_demo_answers_every_command_and_saves_the_replies(tmp_path, real_weights
     for name in saved:
         with Image.open(tmp_path / "replies" / name) as image:
             assert min(image.size) >= 128
-    assert done.stdout.count("acknowledged in") == 7
+    assert done.stdout.count("acknowledged in") == 9
     replies = {row["step"]: row for row in json.loads((tmp_path / "replies" / "replies.json").read_text())}
     assert all(replies[f"{i}-{step}"]["everyone_sees"] for i, step in enumerate(
         ("stylize", "stylize-preset", "dream", "dream-morph", "fix"), start=1))
@@ -33,6 +33,9 @@ def test_demo_answers_every_command_and_saves_the_replies(tmp_path, real_weights
     assert "truncated" in bad_upload and "cooldown" in refusal
     assert not replies["6-bad-upload"]["everyone_sees"] and not replies["7-refused-cooldown"]["everyone_sees"]
     assert "only the asker sees: You're on cooldown" in done.stdout
+    assert replies["8-cancelled"]["only_the_asker_sees"] == ["🛑 Cancelled, as you asked."] and not replies["8-cancelled"]["everyone_sees"]
+    deleted = replies["9-deleted"]  # the /dream grid of step 3, deleted by its asker
+    assert not deleted["everyone_sees"] and "seed **2024**" in deleted["deleted_from_the_channel"][0]
     assert f"All replies are in {tmp_path / 'replies'}" in done.stdout
 
 
