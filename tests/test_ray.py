@@ -17,7 +17,7 @@ import ray  # noqa: E402
 
 from conftest import png_bytes  # noqa: E402
 from models import samples  # noqa: E402
-from models.errors import BusyError  # noqa: E402
+from models.errors import BusyError, Cancelled  # noqa: E402
 from models.jobs import Job, Progress  # noqa: E402
 from models.pool import InferencePool, PoolConfig  # noqa: E402
 from models.pool.local import BUSY  # noqa: E402
@@ -88,6 +88,21 @@ async def test_the_queue_bound_turns_into_the_busy_sentence(ray_pool):
     refused = [o for o in outcomes if isinstance(o, BaseException)]
     assert refused and all(isinstance(o, BusyError) and str(o) == BUSY for o in refused), refused
     assert len(refused) < len(outcomes) and ray_pool.status()["queued"] == ray_pool.status()["running"] == 0
+
+
+async def test_cancel_answers_at_once_and_the_pool_carries_on(ray_pool):
+    """The same `cancel(job.id)` as the local pool: the caller hears Cancelled, nothing stays counted,
+    and the next job runs (with its cost, as the local pool reports it, for quotas)."""
+    job = Job("fix", {"max_side": 512}, {"photo": photo("astronaut", 512)})
+    queued = asyncio.Event()
+    running = asyncio.create_task(ray_pool.submit(job, on_progress=lambda p: queued.set()))
+    await queued.wait()
+    assert ray_pool.cancel(job.id) and not ray_pool.cancel("no-such-job")
+    with pytest.raises(Cancelled):
+        await running
+    assert ray_pool.status()["queued"] == ray_pool.status()["running"] == 0 and not ray_pool.cancel(job.id)
+    after = await ray_pool.submit(Job("dream", {"seed": 5, "count": 1}))
+    assert after.info["cost"] > 0
 
 
 async def test_a_replica_killed_mid_job_does_not_lose_the_job(ray_pool):

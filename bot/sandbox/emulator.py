@@ -377,7 +377,7 @@ class DiscordEmulator:
             "flags": flags, "components": data.get("components") or [], "webhook_id": str(self.application_id),
             "application_id": str(self.application_id),
             "interaction_metadata": {"id": str(record.id), "type": record.payload["type"], "user": _user_of(record.payload),
-                                     "authorizing_integration_owners": {"0": record.payload["guild_id"]}},
+                                     "authorizing_integration_owners": record.payload["authorizing_integration_owners"]},
         }
 
     def _record(self, token: str) -> Record | None:

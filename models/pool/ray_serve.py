@@ -32,11 +32,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from models.errors import BusyError, EaselError, JobTimeout, UserError
+from models.errors import BusyError, Cancelled, EaselError, JobTimeout, UserError
 from models.jobs import Job, Progress, Result
 from models.pool.config import PoolConfig, RayConfig
 from models.pool.devices import resolve_devices, tune_process, usable_cores
-from models.pool.local import BUSY, SHUTTING_DOWN, ProgressCallback
+from models.pool.local import BUSY, CANCELLED, SHUTTING_DOWN, ProgressCallback
 from models.pool.worker import Outcome, Worker
 from models.tasks import TASKS, Task
 
@@ -166,7 +166,7 @@ def deploy(config: PoolConfig, ray_config: RayConfig) -> DeploymentHandle:
 
 
 class RayPool:
-    """The pool's API (`start`, `submit`, `status`, `close`) over a Serve application.
+    """The pool's API (`start`, `submit`, `cancel`, `status`, `close`) over a Serve application.
 
     With an empty address it starts a local Ray and deploys the application itself (trying it
     out); with an address it uses the application `easel serve` deployed there.
@@ -179,6 +179,8 @@ class RayPool:
         self.waiting = 0  # this process's jobs not yet on a replica
         self.running = 0
         self.retries = 0
+        self._jobs: dict[str, asyncio.Future[Result]] = {}  # this process's jobs in flight, for cancel(job.id)
+        self._cancelled: set[str] = set()
         self.devices: list[dict[str, Any]] = []  # a replica's device and models, as of start
         self._idle = asyncio.Event()
         self._idle.set()
@@ -203,17 +205,36 @@ class RayPool:
         task = self.tasks.get(job.task)
         if task is None:
             raise UserError(f"There is no {job.task!r} command here.")
-        task.plan(job, self.config.limits)  # bad input is refused here, before any round trip
+        plan = task.plan(job, self.config.limits)  # bad input is refused here, before any round trip
         timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
         tell = on_progress or _nobody
         self._idle.clear()
+        attempts = self._jobs[job.id] = asyncio.ensure_future(self._attempts(job, tell))
         try:
-            return await asyncio.wait_for(self._attempts(job, tell), timeout)
+            result = await asyncio.wait_for(attempts, timeout)
         except TimeoutError:
             raise JobTimeout(f"That took longer than {timeout:.0f} seconds and was stopped.") from None
+        except asyncio.CancelledError:
+            if job.id not in self._cancelled:
+                raise
+            raise Cancelled(CANCELLED) from None
         finally:
+            del self._jobs[job.id]
+            self._cancelled.discard(job.id)
             if not self.waiting and not self.running:
                 self._idle.set()
+        return Result(result.files, {**result.info, "cost": plan.cost})  # as the local pool reports it, for quotas
+
+    def cancel(self, job_id: str) -> bool:
+        """Answer the job's caller with Cancelled now and cancel its request at Ray (a request still
+        waiting is dropped there; how far that reaches into a batch on a replica is Ray Serve's).
+        False if this process holds no such job in flight."""
+        attempts = self._jobs.get(job_id)
+        if attempts is None or attempts.done():
+            return False
+        self._cancelled.add(job_id)
+        attempts.cancel()
+        return True
 
     async def _attempts(self, job: Job, tell: ProgressCallback) -> Result:
         for attempt in range(2):
