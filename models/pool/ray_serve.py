@@ -179,7 +179,7 @@ class RayPool:
         self.waiting = 0  # this process's jobs not yet on a replica
         self.running = 0
         self.retries = 0
-        self._jobs: dict[str, asyncio.Future[Result]] = {}  # this process's jobs in flight, for cancel(job.id)
+        self._jobs: dict[str, list[asyncio.Future[Result]]] = {}  # this process's jobs in flight by id (one Job may be submitted twice)
         self._cancelled: set[str] = set()
         self.devices: list[dict[str, Any]] = []  # a replica's device and models, as of start
         self._idle = asyncio.Event()
@@ -209,7 +209,8 @@ class RayPool:
         timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
         tell = on_progress or _nobody
         self._idle.clear()
-        attempts = self._jobs[job.id] = asyncio.ensure_future(self._attempts(job, tell))
+        attempts = asyncio.ensure_future(self._attempts(job, tell))
+        self._jobs.setdefault(job.id, []).append(attempts)
         try:
             result = await asyncio.wait_for(attempts, timeout)
         except TimeoutError:
@@ -219,8 +220,10 @@ class RayPool:
                 raise
             raise Cancelled(CANCELLED) from None
         finally:
-            del self._jobs[job.id]
-            self._cancelled.discard(job.id)
+            self._jobs[job.id].remove(attempts)
+            if not self._jobs[job.id]:
+                del self._jobs[job.id]
+                self._cancelled.discard(job.id)
             if not self.waiting and not self.running:
                 self._idle.set()
         return Result(result.files, {**result.info, "cost": plan.cost})  # as the local pool reports it, for quotas
@@ -229,12 +232,12 @@ class RayPool:
         """Answer the job's caller with Cancelled now and cancel its request at Ray (a request still
         waiting is dropped there; how far that reaches into a batch on a replica is Ray Serve's).
         False if this process holds no such job in flight."""
-        attempts = self._jobs.get(job_id)
-        if attempts is None or attempts.done():
-            return False
-        self._cancelled.add(job_id)
-        attempts.cancel()
-        return True
+        live = [attempts for attempts in self._jobs.get(job_id, []) if not attempts.done()]
+        for attempts in live:
+            attempts.cancel()
+        if live:
+            self._cancelled.add(job_id)
+        return bool(live)
 
     async def _attempts(self, job: Job, tell: ProgressCallback) -> Result:
         for attempt in range(2):
