@@ -108,7 +108,7 @@ def _write(result: Result, out: Path, extra: Path | None = None) -> None:
     if extra is not None and len(result.files) > 1:
         _write_file(extra, _reencoded(result.files[1].data, STILL_FORMATS[extra.suffix.lower()]))
     shown = {k: v for k, v in result.info.items() if k not in ("queue_s", "batch")}
-    print(f"wrote {out} {json.dumps(shown, sort_keys=True)}")
+    print(f"wrote {out} {json.dumps(shown, sort_keys=True, ensure_ascii=False)}")
 
 
 def _reencoded(data: bytes, fmt: str) -> bytes:
@@ -147,6 +147,20 @@ def cmd_dream(args: argparse.Namespace) -> None:
         options.update(mode="variations" if args.variations else "grid", count=args.count)
         fmt = _still_format(args.out)
     _write(_run(Job("dream", options, max_bytes=NO_LIMIT, format=fmt), args.device), args.out)
+
+
+def cmd_doodle(args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {"text": args.text, "neatness": args.neatness, "ink": args.ink}
+    if args.seed is not None:
+        options["seed"] = args.seed
+    if args.morph_to is not None:
+        if args.out.suffix.lower() != ".gif":
+            raise CliError(f"A morph is an animation: write to a .gif file, not {args.out.name}.")
+        options.update(mode="morph", seed_b=args.morph_to, frames=args.frames)
+        fmt = "png"
+    else:
+        fmt = _still_format(args.out)
+    _write(_run(Job("doodle", options, max_bytes=NO_LIMIT, format=fmt), args.device), args.out)
 
 
 def cmd_fix(args: argparse.Namespace) -> None:
@@ -243,6 +257,21 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True)
     device(p)
     p.set_defaults(func=cmd_dream)
+
+    from models.handwriting.page import DEFAULT_INK, INKS
+    from models.tasks.doodle import DEFAULT_NEATNESS
+
+    p = sub.add_parser("doodle", help="write TEXT in a handwriting the model invents (one hand per seed)")
+    p.add_argument("text", help="up to 200 characters, Chinese and Latin; | starts a new line")
+    p.add_argument("--seed", type=int, help="same seed, same hand (default: random, printed)")
+    p.add_argument("--neatness", type=float, default=DEFAULT_NEATNESS,
+                   help=f"0..1, higher is closer to the average hand (default {DEFAULT_NEATNESS:g})")
+    p.add_argument("--ink", choices=tuple(INKS), default=DEFAULT_INK, help=f"ink colour (default {DEFAULT_INK})")
+    p.add_argument("--morph-to", type=int, metavar="SEED_B", help="animate from --seed's hand to SEED_B's (.gif)")
+    p.add_argument("--frames", type=int, default=16, help="frames in a morph (default 16)")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    device(p)
+    p.set_defaults(func=cmd_doodle)
 
     p = sub.add_parser("fix", help="deblur a photo")
     p.add_argument("input", type=Path)
