@@ -20,14 +20,16 @@ def test_demo_answers_every_command_and_saves_the_replies(tmp_path, real_weights
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     saved = sorted(p.name for p in (tmp_path / "replies").iterdir() if p.suffix != ".json")
     assert saved == ["1-stylize-stylized.png", "2-stylize-preset-stylized.png", "3-dream-faces.png",
-                     "4-dream-morph-morph.gif", "5-fix-before-after.png", "5-fix-fixed.png"]
+                     "4-dream-morph-morph.gif", "5-fix-before-after.png", "5-fix-fixed.png", "8-doodle-doodle.png",
+                     "9-doodle-morph-morph.gif"]
     for name in saved:
         with Image.open(tmp_path / "replies" / name) as image:
             assert min(image.size) >= 128
-    assert done.stdout.count("acknowledged in") == 7
+    assert done.stdout.count("acknowledged in") == 9
     replies = {row["step"]: row for row in json.loads((tmp_path / "replies" / "replies.json").read_text())}
     assert all(replies[f"{i}-{step}"]["everyone_sees"] for i, step in enumerate(
         ("stylize", "stylize-preset", "dream", "dream-morph", "fix"), start=1))
+    assert replies["8-doodle"]["everyone_sees"] and replies["9-doodle-morph"]["everyone_sees"]
     (bad_upload,) = replies["6-bad-upload"]["only_the_asker_sees"]  # found after the download, so after the defer
     (refusal,) = replies["7-refused-cooldown"]["only_the_asker_sees"]  # before it
     assert "truncated" in bad_upload and "cooldown" in refusal

@@ -6,6 +6,7 @@ glyph of '?' that ships with the weights: plainly not handwriting, never a blank
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,6 @@ INKS: dict[str, tuple[int, int, int]] = {
 DEFAULT_INK = "blue"
 PAPER = (251, 248, 239)
 FALLBACK_GREY = (150, 150, 150)
-PATCH = 96  # room for a glyph at up to 1.4x and turned
 MARGIN = 28
 
 
@@ -52,8 +52,14 @@ class Sheet:
     origin: tuple[int, int]  # (x, y) of page coordinate 0 in the arrays
 
 
-def _warp(cells: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
-    """[N, 1, 64, 64] cells -> [N, 1, PATCH, PATCH], each scaled, turned and shifted by its sub-pixel remainder."""
+def patch_size(placements: Sequence[Placement]) -> int:
+    """An even square that holds the largest glyph turned by its angle, and a pixel of sub-pixel shift."""
+    reach = max(p.scale * (abs(math.cos(p.angle)) + abs(math.sin(p.angle))) for p in placements)
+    return 2 * math.ceil(CELL * reach / 2 + 1)
+
+
+def _warp(cells: torch.Tensor, placements: Sequence[Placement], size: int) -> torch.Tensor:
+    """[N, 1, 64, 64] cells -> [N, 1, size, size], each scaled, turned and shifted by its sub-pixel remainder."""
     n = len(placements)
     angle = torch.tensor([p.angle for p in placements], dtype=torch.float32)
     scale = torch.tensor([p.scale for p in placements], dtype=torch.float32)
@@ -61,10 +67,10 @@ def _warp(cells: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
     cos, sin = torch.cos(angle), torch.sin(angle)
     inverse = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2) / scale[:, None, None]  # page -> cell
     theta = torch.empty(n, 2, 3)
-    theta[:, :, :2] = inverse * (PATCH / CELL)
+    theta[:, :, :2] = inverse * (size / CELL)
     theta[:, :, 2] = -(inverse @ frac[:, :, None])[:, :, 0] / (CELL / 2)
     # F.affine_grid's result, built by broadcasting: its CPU kernel takes 5x longer
-    steps = (torch.arange(PATCH, dtype=torch.float32) * 2 + 1) / PATCH - 1  # pixel centres, as align_corners=False
+    steps = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # pixel centres, as align_corners=False
     grid = steps[None, None, :, None] * theta[:, None, None, :, 0] + steps[None, :, None, None] * theta[:, None, None, :, 1]
     grid += theta[:, None, None, :, 2]
     return F.grid_sample(cells, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -76,15 +82,16 @@ def draw(placements: Sequence[Placement], glyphs: Mapping[str, np.ndarray], fall
         empty = np.zeros((1, 1), np.float32)
         return Sheet(empty, empty, (0, 0))
     cells = torch.from_numpy(np.stack([glyphs.get(p.char, fallback) for p in placements]).astype(np.float32))[:, None]
-    patches = (_warp(cells, placements)[:, 0] * torch.tensor([p.shade for p in placements])[:, None, None]).numpy()
-    xs = [round(p.cx) - PATCH // 2 for p in placements]
-    ys = [round(p.cy) - PATCH // 2 for p in placements]
+    size = patch_size(placements)
+    patches = (_warp(cells, placements, size)[:, 0] * torch.tensor([p.shade for p in placements])[:, None, None]).numpy()
+    xs = [round(p.cx) - size // 2 for p in placements]
+    ys = [round(p.cy) - size // 2 for p in placements]
     x0, y0 = min(xs), min(ys)
-    shape = (max(ys) - y0 + PATCH, max(xs) - x0 + PATCH)
+    shape = (max(ys) - y0 + size, max(xs) - x0 + size)
     ink, grey = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     for p, patch, x, y in zip(placements, patches, xs, ys):
         layer = ink if p.char in glyphs else grey
-        region = layer[y - y0:y - y0 + PATCH, x - x0:x - x0 + PATCH]
+        region = layer[y - y0:y - y0 + size, x - x0:x - x0 + size]
         np.maximum(region, patch, out=region)
     return Sheet(ink, grey, (-x0, -y0))
 
@@ -115,10 +122,9 @@ def _crop(layer: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, 
 
 
 def paint(sheet: Sheet, box: tuple[int, int, int, int], ink: str) -> Image.Image:
-    """The sheet's `box` as an RGB picture: paper, then grey fallbacks, then ink."""
-    picture = np.empty((box[3] - box[1], box[2] - box[0], 3), np.float32)
-    picture[:] = PAPER
+    """The sheet's `box` as an RGB picture: paper, then grey fallbacks, then ink (each blended by its alpha)."""
+    picture = Image.new("RGB", (box[2] - box[0], box[3] - box[1]), PAPER)
     for layer, colour in ((sheet.grey, FALLBACK_GREY), (sheet.ink, INKS[ink])):
-        alpha = np.clip(_crop(layer, sheet.origin, box), 0, 1)[:, :, None]
-        picture += alpha * (np.asarray(colour, np.float32) - picture)
-    return Image.fromarray(np.rint(picture).astype(np.uint8), "RGB")
+        alpha = np.clip(_crop(layer, sheet.origin, box) * 255 + 0.5, 0, 255).astype(np.uint8)
+        picture.paste(colour, (0, 0), Image.fromarray(alpha, "L"))
+    return picture
