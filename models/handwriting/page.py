@@ -6,6 +6,7 @@ glyph of '?' that ships with the weights: plainly not handwriting, never a blank
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from models.handwriting import layout
 from models.handwriting.layout import CELL, Placement
 
 INKS: dict[str, tuple[int, int, int]] = {
@@ -24,6 +26,15 @@ DEFAULT_INK = "blue"
 PAPER = (251, 248, 239)
 FALLBACK_GREY = (150, 150, 150)
 MARGIN = 28
+
+
+@functools.cache
+def fallback() -> np.ndarray:
+    """The box drawn for characters outside the charset, around the reference '?' shipped with the weights."""
+    from models.handwriting.data import read_reference
+
+    chars, glyphs = read_reference()
+    return fallback_glyph(glyphs[chars.index("?")].astype(np.float32))
 
 
 def fallback_glyph(question: np.ndarray) -> np.ndarray:
@@ -128,3 +139,17 @@ def paint(sheet: Sheet, box: tuple[int, int, int, int], ink: str) -> Image.Image
         alpha = np.clip(_crop(layer, sheet.origin, box) * 255 + 0.5, 0, 255).astype(np.uint8)
         picture.paste(colour, (0, 0), Image.fromarray(alpha, "L"))
     return picture
+
+
+def compose(lines: list[str], frames: Sequence[Mapping[str, np.ndarray]], seed: int, neatness: float, ink: str) -> list[Image.Image]:
+    """The lines written with each frame's glyphs on one layout (measured on the ink of all frames),
+    as pictures of one size: a still is one frame, a morph many."""
+    union: dict[str, np.ndarray] = {}
+    for glyphs in frames:
+        for ch, g in glyphs.items():
+            union[ch] = np.maximum(union[ch], g) if ch in union else g
+    metrics = {ch: layout.measure(ch, union.get(ch)) for line in lines for ch in line}
+    placements = layout.lay_out(lines, metrics, seed, neatness)
+    sheets = [draw(placements, glyphs, fallback()) for glyphs in frames]
+    box = ink_box(sheets)
+    return [paint(sheet, box, ink) for sheet in sheets]

@@ -7,7 +7,6 @@ from one hand to another and loops back, as /dream's morph does for faces.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,15 +40,6 @@ class Item:
     seed_b: int | None  # set for a morph
     frames: int
     frame_ms: int
-
-
-@functools.cache
-def _fallback() -> np.ndarray:
-    """The grey box for characters outside the charset, around the reference '?' shipped with the weights."""
-    from models.handwriting.data import read_reference
-
-    chars, glyphs = read_reference()
-    return page.fallback_glyph(glyphs[chars.index("?")].astype(np.float32))
 
 
 def _hands(model: HandwritingModel, item: Item) -> torch.Tensor:
@@ -117,14 +107,7 @@ class Doodle(Task):
         return out
 
     def finish(self, job: Job, item: Item, ink: np.ndarray) -> Result:
-        """Lay the text out once (measured on the ink of every frame), then draw each frame on paper."""
-        union = ink.max(axis=0) if len(ink) else ink
-        measured = dict(zip(item.chars, union))
-        metrics = {ch: layout.measure(ch, measured.get(ch)) for line in item.lines for ch in line}
-        placements = layout.lay_out(item.lines, metrics, item.seed, item.neatness)
-        sheets = [page.draw(placements, dict(zip(item.chars, frame)), _fallback()) for frame in ink]
-        box = page.ink_box(sheets)
-        pictures = [page.paint(sheet, box, item.ink) for sheet in sheets]
+        pictures = page.compose(item.lines, [dict(zip(item.chars, frame)) for frame in ink], item.seed, item.neatness, item.ink)
         unwritten = "".join(dict.fromkeys(ch for line in item.lines for ch in line
                                           if not charset.covers(ch) and ch not in text.SPACES))
         info: dict[str, Any] = {"text": str(job.options.get("text", "")), "seed": item.seed, "neatness": item.neatness,
