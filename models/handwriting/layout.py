@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.handwriting.charset import is_ideograph
 from models.handwriting.text import SPACES
 
 CELL = 64
@@ -52,10 +53,6 @@ class Placement:
     shade: float  # 0..1: how dark the pen pressed
 
 
-def _ideograph(ch: str) -> bool:
-    return "\u2e80" <= ch <= "\u9fff"
-
-
 def measure(ch: str, ink: np.ndarray | None) -> Metrics:
     """Metrics of one character from its ink ([64, 64] alpha), or of a space / fallback box (ink None)."""
     if ch in SPACES:
@@ -64,7 +61,7 @@ def measure(ch: str, ink: np.ndarray | None) -> Metrics:
         return Metrics(CELL / 2 - 0.44 * EM, CELL / 2 + IDEOGRAPH_RISE, 0.88 * EM)
     columns = np.flatnonzero(ink.max(axis=0) > INK_LEVEL)
     left, right = (float(columns[0]), float(columns[-1] + 1)) if len(columns) else (CELL / 2 - 4, CELL / 2 + 4)
-    if _ideograph(ch):  # centred in its place; narrow ones (一, 小) still take most of a square
+    if is_ideograph(ch):  # centred in its place; narrow ones (一, 小) still take most of a square
         advance = max(0.8 * EM, right - left + 2 * BEARING)
         return Metrics((left + right - advance) / 2, CELL / 2 + IDEOGRAPH_RISE, advance)
     width = (right - left + 2 * BEARING) * LATIN_SCALE
@@ -78,8 +75,8 @@ def _tokens(line: str) -> list[str]:
     closing punctuation sticks to what it follows."""
     tokens: list[str] = []
     for ch in line:
-        joins = tokens and (ch in NO_BREAK_BEFORE or (not _ideograph(ch) and ch not in SPACES and tokens[-1][-1] not in SPACES
-                                                      and not _ideograph(tokens[-1][-1])))
+        joins = tokens and (ch in NO_BREAK_BEFORE or (not is_ideograph(ch) and ch not in SPACES and tokens[-1][-1] not in SPACES
+                                                      and not is_ideograph(tokens[-1][-1])))
         if joins:
             tokens[-1] += ch
         else:
