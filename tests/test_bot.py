@@ -202,7 +202,8 @@ async def test_doodle_new_hand_and_morph_write_the_same_text(discord_sandbox):
     assert animation.n_frames == 16 and "Morph from hand **7**" in morph.content and unquote(morph.content) == TRICKY_TEXT
 
 
-@pytest.mark.parametrize("text, words", [("☃ ♫", "can't write any of those"), ("   ", "Give me some text")])
+@pytest.mark.parametrize("text, words", [("☃ ♫", "can't write any of those"), ("   ", "Give me some text"),
+                                         ("写" * 201, "at most 200")])
 async def test_doodle_text_it_cannot_write_is_one_sentence(discord_sandbox, text, words):
     emulator, _ = discord_sandbox
     record = await emulator.invoke("doodle", {"text": text}, user_id=2002)
