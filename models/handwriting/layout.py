@@ -1,7 +1,7 @@
 """Where each written glyph goes on the page, so the text looks written, not typeset in a grid.
 
-Glyph cells are 64x64 (see `render.py`): letters sit on row `BASELINE` and are measured by their
-ink, so i is narrow and m wide; ideographs are centred on their ink and advance one square `EM`.
+Glyph cells are CELL x CELL (see `render.py`): letters sit on row BASELINE and are measured by their
+ink, so i is narrow and m wide; ideographs are centred on their ink and take about a square `EM`.
 A request's seed also fixes the hand's habits (spacing, size, slope) and every small per-glyph
 wobble, so the same seed lays out the same page; neatness calms the wobble.
 
@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.handwriting.charset import is_ideograph
+from models.handwriting.render import BASELINE, CELL
 from models.handwriting.text import SPACES
 
-CELL = 64
-BASELINE = 46  # row of the baseline in a letter's cell
 EM = 50  # an ideograph's square: its ink is about 46 px tall
 IDEOGRAPH_RISE = 19  # an ideograph's ink centre sits this far above the baseline
 LATIN_SCALE = 1.1  # letters are drawn with H 28 px tall; a little larger sits well beside ideographs
