@@ -47,7 +47,12 @@ def _hands(model: HandwritingModel, item: Item) -> torch.Tensor:
     z = model.prior(item.seed, temperature(item.neatness))
     if item.seed_b is None:
         return z[None]
-    return slerp(z.cpu(), model.prior(item.seed_b, temperature(item.neatness)).cpu(), item.frames // 2 + 1)
+    return slerp(z.cpu(), model.prior(item.seed_b, temperature(item.neatness)).cpu(), _distinct(item.frames))
+
+
+def _distinct(frames: int) -> int:
+    """Frames from a to b inclusive; the way back repeats them."""
+    return (frames + 1) // 2 + 1
 
 
 def _loop(distinct: list[Any], frames: int) -> list[Any]:
@@ -75,7 +80,7 @@ class Doodle(Task):
 
     def plan(self, job: Job, limits: images.Limits) -> Plan:
         item = self._item(job)
-        distinct = 1 if item.seed_b is None else item.frames // 2 + 1
+        distinct = 1 if item.seed_b is None else _distinct(item.frames)
         return Plan(key=("doodle",), cost=len(item.chars) * distinct * layout.CELL**2 / 1e6)
 
     def load(self, device: torch.device, channels_last: bool) -> HandwritingModel:
