@@ -183,7 +183,7 @@ async def test_doodle_posts_the_text_handwritten_with_its_seed_and_buttons(disco
     await record.wait()
     page = image_of(record, "doodle.png")
     assert page.format == "PNG" and page.width > 200 and page.height > 100
-    assert "seed 42" in record.content and "sepia ink" in record.content and "can't write ☃" in record.content
+    assert "seed **42**" in record.content and "sepia ink" in record.content and "can't write ☃" in record.content
     assert unquote(record.content) == TRICKY_TEXT  # quoted verbatim: the buttons read it back
     assert not re.search(r"(?<!\\)[@<]", record.content)  # mentions are escaped: shown, never a ping
     assert record.custom_ids == ["easel:doodle:new:42:30:sepia", "easel:doodle:morph:42:30:sepia"]
@@ -196,7 +196,7 @@ async def test_doodle_new_hand_and_morph_write_the_same_text(discord_sandbox):
     new, morph = [await emulator.click(first, custom_id) for custom_id in first.custom_ids]
     await new.wait()
     await morph.wait()
-    assert "seed 7" not in new.content and "neatness 0.6" in new.content and unquote(new.content) == TRICKY_TEXT
+    assert "seed **7**" not in new.content and "neatness 0.6" in new.content and unquote(new.content) == TRICKY_TEXT
     assert new.files["doodle.png"] != first.files["doodle.png"]
     animation = image_of(morph, "morph.gif")
     assert animation.n_frames == 16 and "Morph from hand **7**" in morph.content and unquote(morph.content) == TRICKY_TEXT

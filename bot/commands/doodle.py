@@ -71,7 +71,7 @@ def describe(result: Result) -> str:
     if info["mode"] == "morph":
         head = f"🎞️ Morph from hand **{info['seed']}** to hand **{info['seed_b']}** ({info['frames']} frames)"
     else:
-        head = (f"✍️ Hand **seed {info['seed']}** · neatness {info['neatness']:g} · {info['ink']} ink"
+        head = (f"✍️ Written in the hand of seed **{info['seed']}** · neatness {info['neatness']:g} · {info['ink']} ink"
                 f" · `/doodle seed:{info['seed']}` writes in it again")
     if info["unwritten"]:
         head += f"\n(boxed **?**: I can't write {' '.join(info['unwritten'])})"
