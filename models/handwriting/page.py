@@ -87,12 +87,19 @@ def _warp(cells: torch.Tensor, placements: Sequence[Placement], size: int) -> to
     return F.grid_sample(cells, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def ink_alpha(p: torch.Tensor, lo: float = 0.2, hi: float = 0.8) -> torch.Tensor:
+    """The model's ink probabilities as pen strokes: the faint haze of its uncertainty (below `lo`)
+    leaves the paper clean, likely ink (above `hi`) is solid, with a smooth edge between."""
+    t = ((p - lo) / (hi - lo)).clamp_(0, 1)
+    return t * t * (3 - 2 * t)
+
+
 def draw(placements: Sequence[Placement], glyphs: Mapping[str, np.ndarray], fallback: np.ndarray) -> Sheet:
     """Rasterise every placement: written characters from `glyphs` ([64, 64] alpha), others as `fallback`."""
     if not placements:
         empty = np.zeros((1, 1), np.float32)
         return Sheet(empty, empty, (0, 0))
-    cells = torch.from_numpy(np.stack([glyphs.get(p.char, fallback) for p in placements]).astype(np.float32))[:, None]
+    cells = ink_alpha(torch.from_numpy(np.stack([glyphs.get(p.char, fallback) for p in placements]).astype(np.float32))[:, None])
     size = patch_size(placements)
     patches = (_warp(cells, placements, size)[:, 0] * torch.tensor([p.shade for p in placements])[:, None, None]).numpy()
     xs = [round(p.cx) - size // 2 for p in placements]
