@@ -10,8 +10,8 @@
   same text in the plain reference rendering on the same layout.
 * Diversity: the same character in two seeds against the same character in two training fonts
   (binarised ink, centred on its centroid, mean pixel L1); distance to the reference rendering.
-* Consistency: stroke width and slant of the glyphs of one line (one hand) against the spread
-  of those between hands.
+* Consistency: stroke width and slant of the glyphs of one line (one hand), the character's own
+  shape removed: how much of their variation the whole line shares.
 * Reconstruction of held-out fonts (style encoder on 8 of a face's glyphs, then 64 others
   written with that z): L1 and SSIM, next to the average hand (z = 0); KL per latent dimension.
 
@@ -72,11 +72,11 @@ def ensure_tesseract() -> str:
 
 
 def ocr(picture: Image.Image, lang: str) -> str:
-    """One line of text as tesseract reads it (page segmentation 7: a single text line)."""
+    """The text as tesseract reads it (page segmentation 6: one block, as a wrapped line is)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "line.png"
         picture.convert("L").save(path)
-        done = subprocess.run(["tesseract", str(path), "stdout", "-l", lang, "--psm", "7"], capture_output=True, text=True)
+        done = subprocess.run(["tesseract", str(path), "stdout", "-l", lang, "--psm", "6"], capture_output=True, text=True)
     return done.stdout.strip()
 
 
@@ -217,17 +217,21 @@ def _stroke_and_slant(ink: np.ndarray) -> tuple[float, float]:
 
 
 def consistency(model: HandwritingModel, data: Packed, seeds: list[int], rng: np.random.Generator) -> dict[str, Any]:
-    """Within a line (one z) the hand's stroke width and slant vary less than between hands."""
+    """Is a line one hand? Stroke width and slant of 32 ideographs in each of several hands: after
+    removing what each character is (its mean over hands), a consistent hand moves every glyph of
+    its line the same way. `hand_share` is the part of that variation shared by the whole line
+    (1: one hand throughout; 0: every glyph varies on its own)."""
     line = [data.charset[c] for c in _sample_chars(data, rng)[:32]]  # ideographs only: one kind of glyph
     features = np.array([[_stroke_and_slant(g) for g in model.write(line, model.prior(s, temperature(DEFAULT_NEATNESS)))[:, 0].cpu().numpy()]
-                         for s in seeds])  # [S, glyphs, 2]
-    report = {}
+                         for s in seeds])  # [hands, glyphs, 2]
+    report: dict[str, Any] = {"seeds": len(seeds), "glyphs_per_line": len(line)}
     for i, name in enumerate(("stroke_width_px", "slant")):
-        within = float(np.nanmean(np.nanstd(features[:, :, i], axis=1)))
-        between = float(np.nanstd(np.nanmean(features[:, :, i], axis=1)))
-        report[name] = {"within_line_std": round(within, 4), "between_hands_std_of_line_means": round(between, 4),
-                        "per_hand_means": [round(float(v), 3) for v in np.nanmean(features[:, :, i], axis=1)]}
-    return {"seeds": len(seeds), "glyphs_per_line": len(line), **report}
+        residual = features[:, :, i] - np.nanmean(features[:, :, i], axis=0, keepdims=True)  # the character removed
+        hand = np.nanmean(residual, axis=1, keepdims=True)  # what the line's hand does to every glyph
+        shared, own = float(np.nanvar(hand)), float(np.nanvar(residual - hand))
+        report[name] = {"between_hands_std": round(shared**0.5, 4), "within_line_std": round(own**0.5, 4),
+                        "hand_share": round(shared / (shared + own), 3)}
+    return report
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:
