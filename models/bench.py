@@ -2,9 +2,9 @@
 
     python -m models.bench            (or: easel bench)
 
-For each scenario (dream, stylize at 512 and 1024 px, fix, a 100-character doodle) and each concurrency, N clients
-submit jobs back to back through a real InferencePool, once with dynamic batching and once
-with max batch 1. A timer on the event loop records how late it wakes (loop lag). The
+For each scenario (dream, stylize at 512 and 1024 px, fix, a 100-character doodle) and each
+concurrency, N clients submit jobs back to back through a real InferencePool, once with dynamic
+batching and once with max batch 1. A timer on the event loop records how late it wakes (loop lag). The
 onnxruntime comparison runs both engines on equal work, one image at a time, same threads.
 `--scenarios fix40mp` (not in the default set: minutes on a CPU) times one `easel fix` of a
 6000x6600 photo, just under the 40 MP limit, in a fresh process, and reports its peak memory.
