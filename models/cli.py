@@ -156,6 +156,7 @@ def cmd_doodle(args: argparse.Namespace) -> None:
     if args.morph_to is not None:
         if args.out.suffix.lower() != ".gif":
             raise CliError(f"A morph is an animation: write to a .gif file, not {args.out.name}.")
+        _check_writable(args.out)
         options.update(mode="morph", seed_b=args.morph_to, frames=args.frames)
         fmt = "png"
     else:
