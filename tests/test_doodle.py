@@ -71,6 +71,7 @@ def test_wrapping_keeps_words_whole_and_never_starts_a_line_with_closing_punctua
     assert latin[0] == "hello" and "".join(latin).replace(" ", "") == "hellowonderfulworldofwords"
     assert "world" in {word for line in latin for word in line.split()}  # a word that fits is never cut
     assert layout.wrap(["一二三四五六七八，九十"], advance, max_width=8 * layout.EM) == ["一二三四五六七", "八，九十"]
+    assert layout.wrap(["一二三四五六。Hello"], advance, max_width=8 * layout.EM) == ["一二三四五六。", "Hello"]  # a break after 。
 
 
 def placements(seed: int, neatness: float, text_lines: list[str] | None = None) -> list[Placement]:

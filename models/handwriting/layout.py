@@ -72,10 +72,12 @@ def measure(ch: str, ink: np.ndarray | None) -> Metrics:
 def _tokens(line: str) -> list[str]:
     """Units that wrap whole: a run of letters/digits (a word), one space, or one wide character;
     closing punctuation sticks to what it follows."""
+    def in_word(ch: str) -> bool:
+        return not is_ideograph(ch) and ch not in SPACES and ch not in FULL_WIDTH_PUNCTUATION
+
     tokens: list[str] = []
     for ch in line:
-        joins = tokens and (ch in NO_BREAK_BEFORE or (not is_ideograph(ch) and ch not in SPACES and tokens[-1][-1] not in SPACES
-                                                      and not is_ideograph(tokens[-1][-1])))
+        joins = tokens and (ch in NO_BREAK_BEFORE or in_word(ch) and in_word(tokens[-1][-1]))
         if joins:
             tokens[-1] += ch
         else:
