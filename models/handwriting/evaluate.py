@@ -273,7 +273,7 @@ def reconstruction(model: HandwritingModel, data: Packed, rng: np.random.Generat
 def save_images(model: HandwritingModel, out: Path) -> list[str]:
     """Prior samples (eight hands), a sentence in five hands, and a morph, for looking at."""
     out.mkdir(parents=True, exist_ok=True)
-    sample = "永和九年，岁在癸丑。Handwriting 2026"
+    sample = "永和九年，岁在癸丑。Ink 2026"
     prior = write(model, [Job("doodle", {"text": sample, "seed": s, "ink": "black"}) for s in range(8)])
     _stack(prior).save(out / "prior-eight-hands.png")
     sentence = "春眠不觉晓，处处闻啼鸟。| Spring sleep knows no dawn."
