@@ -281,7 +281,11 @@ def save_images(model: HandwritingModel, out: Path) -> list[str]:
     task = Doodle()
     job = Job("doodle", {"text": sentence, "seed": 100, "seed_b": 101, "mode": "morph", "frames": 16})
     item = task.prepare(job, None)
-    (out / "morph.gif").write_bytes(task.finish(job, item, task.run(model, [item], RunContext(model.device))[0]).files[0].data)
+    gif = task.finish(job, item, task.run(model, [item], RunContext(model.device))[0]).files[0].data
+    (out / "morph.gif").write_bytes(gif)
+    with Image.open(io.BytesIO(gif)) as animation:
+        animation.seek(animation.n_frames // 4)  # half way from one hand to the other
+        animation.convert("RGB").save(out / "morph-halfway.png")
     return sorted(p.name for p in out.iterdir())
 
 
