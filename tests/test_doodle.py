@@ -33,6 +33,10 @@ def test_bars_and_newlines_start_lines_and_outer_blanks_go():
     assert lines(" | 你好 |world\n\n second | ") == ["你好", "world", "", "second"]
 
 
+def test_joiners_and_variation_selectors_draw_nothing_of_their_own():
+    assert lines("家👨\u200d👩\u200d👧 ok\ufe0f") == ["家👨👩👧 ok"]  # three boxes, no box for a joiner
+
+
 def test_full_width_forms_are_written_as_their_plain_letters():
     assert lines("Ｈｉ！") == ["Hi！"]  # ！ is in the charset itself; Ｈ and ｉ fold to H and i
 

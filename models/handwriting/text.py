@@ -29,6 +29,11 @@ def _writable(ch: str, covers: Callable[[str], bool]) -> str:
     return folded if len(folded) == 1 and covers(folded) else ch
 
 
+def _invisible(ch: str) -> bool:
+    """Joiners, variation selectors, control characters and lone combining marks draw nothing of their own."""
+    return unicodedata.category(ch) in ("Cf", "Cc", "Mn", "Me") and ch not in SPACES
+
+
 def lines(text: str, covers: Callable[[str], bool]) -> list[str]:
     """The text as lines to write (each stripped, blank ones kept as paragraph gaps); raises TextError."""
     if len(text) > MAX_CHARS:
@@ -41,7 +46,7 @@ def lines(text: str, covers: Callable[[str], bool]) -> list[str]:
         split.pop(0)
     if not split:
         raise TextError("Give me some text to write.")
-    written = ["".join(_writable(ch, covers) for ch in line) for line in split]
+    written = ["".join(_writable(ch, covers) for ch in line if not _invisible(ch)) for line in split]
     if not any(covers(ch) for line in written for ch in line):
         raise TextError("I can't write any of those characters: I know digits, English letters, punctuation "
                         "and the 3,755 most common Chinese characters.")
