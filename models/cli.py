@@ -26,7 +26,7 @@ from models.errors import EaselError, UserError
 from models.jobs import Job, Progress, Result
 from models.options import Option
 from models.settings import ModelSettings
-from models.tasks import dream, fix, stylize
+from models.tasks import doodle, dream, fix, stylize
 
 NO_LIMIT = 1 << 40
 STILL_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -150,9 +150,7 @@ def cmd_dream(args: argparse.Namespace) -> None:
 
 
 def cmd_doodle(args: argparse.Namespace) -> None:
-    options: dict[str, Any] = {"text": args.text, "neatness": args.neatness, "ink": args.ink}
-    if args.seed is not None:
-        options["seed"] = args.seed
+    options = _options(args, doodle.TEXT, doodle.SEED, doodle.NEATNESS, doodle.INK)
     if args.morph_to is not None:
         if args.out.suffix.lower() != ".gif":
             raise CliError(f"A morph is an animation: write to a .gif file, not {args.out.name}.")
@@ -224,7 +222,8 @@ def _flag(p: argparse.ArgumentParser, option: Option, *names: str) -> None:
     if option.kind is bool:
         p.add_argument(*names, dest=option.name, action="store_true", help=option.help())
     else:
-        p.add_argument(*names, dest=option.name, type=option.kind, default=option.default, help=option.help())
+        p.add_argument(*names, dest=option.name, type=option.kind, default=option.default, choices=option.choices or None,
+                       help=option.help())
 
 
 def _options(args: argparse.Namespace, *declared: Option) -> dict[str, Any]:
@@ -259,17 +258,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     device(p)
     p.set_defaults(func=cmd_dream)
 
-    from models.handwriting.page import DEFAULT_INK, INKS
-    from models.tasks.doodle import DEFAULT_NEATNESS
-
     p = sub.add_parser("doodle", help="write TEXT in a handwriting the model invents (one hand per seed)")
-    p.add_argument("text", help="up to 200 characters, Chinese and Latin; | starts a new line")
-    p.add_argument("--seed", type=int, help="same seed, same hand (default: random, printed)")
-    p.add_argument("--neatness", type=float, default=DEFAULT_NEATNESS,
-                   help=f"0..1, higher is closer to the average hand (default {DEFAULT_NEATNESS:g})")
-    p.add_argument("--ink", choices=tuple(INKS), default=DEFAULT_INK, help=f"ink colour (default {DEFAULT_INK})")
+    p.add_argument("text", help=doodle.TEXT.help() + " (a newline too)")
+    _flag(p, doodle.SEED)
+    _flag(p, doodle.NEATNESS)
+    _flag(p, doodle.INK)
     p.add_argument("--morph-to", type=int, metavar="SEED_B", help="animate from --seed's hand to SEED_B's (.gif)")
-    p.add_argument("--frames", type=int, default=16, help="frames in a morph (default 16)")
+    _flag(p, doodle.FRAMES)
     p.add_argument("-o", "--out", type=Path, required=True)
     device(p)
     p.set_defaults(func=cmd_doodle)

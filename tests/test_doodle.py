@@ -189,7 +189,7 @@ def test_a_morph_loops_from_one_hand_to_another_writing_the_same_text():
                                             ({"text": "hi", "neatness": 2}, "neatness must be between 0 and 1")])
 def test_bad_requests_are_refused_before_they_queue(options, words):
     from models.tasks import TASKS
-    from models.tasks.base import OptionError
+    from models.options import OptionError
 
     with pytest.raises((text.TextError, OptionError), match=words):
         TASKS["doodle"].plan(Job("doodle", options), None)

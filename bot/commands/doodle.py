@@ -14,12 +14,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.commands.options import descriptions, slash_range
 from bot.runner import Request
-from models.handwriting.page import DEFAULT_INK, INKS
 from models.handwriting.text import MAX_CHARS
 from models.jobs import Result
-from models.tasks.doodle import DEFAULT_NEATNESS
-from models.tasks.dream import MAX_SEED, random_seed
+from models.tasks.doodle import INK, NEATNESS, SEED, TEXT
+from models.tasks.dream import random_seed
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -96,20 +96,15 @@ class Doodle(commands.Cog):
         self.bot = bot
 
     @app_commands.command(description="Write your text in a handwriting the model invents; each seed is another hand")
-    @app_commands.describe(
-        text=f"Up to {MAX_CHARS} characters, Chinese and Latin; | starts a new line",
-        seed="A number naming the hand (default: a random one, shown in the reply)",
-        neatness=f"0-1: higher writes closer to the average hand (default {DEFAULT_NEATNESS:g})",
-        ink=f"Ink colour (default {DEFAULT_INK})",
-    )
-    @app_commands.choices(ink=[app_commands.Choice(name=name, value=name) for name in INKS])
+    @app_commands.describe(**descriptions(text=TEXT, seed=SEED, neatness=NEATNESS, ink=INK))
+    @app_commands.choices(ink=[app_commands.Choice(name=name, value=name) for name in INK.choices])
     async def doodle(
         self,
         interaction: discord.Interaction,
         text: app_commands.Range[str, 1, MAX_CHARS],
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        neatness: app_commands.Range[float, 0.0, 1.0] = DEFAULT_NEATNESS,
-        ink: str = DEFAULT_INK,
+        seed: slash_range(SEED) | None = SEED.default,
+        neatness: slash_range(NEATNESS) = NEATNESS.default,
+        ink: str = INK.default,
     ) -> None:
         await self.bot.runner.handle(interaction, write_request(text, random_seed() if seed is None else seed, neatness, ink))
 

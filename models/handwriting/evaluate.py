@@ -40,7 +40,7 @@ from models.handwriting.data import Packed, unpack_bits
 from models.handwriting.model import HandwritingModel, kl_per_dim, load
 from models.jobs import Job
 from models.tasks.base import RunContext
-from models.tasks.doodle import DEFAULT_NEATNESS, Doodle, temperature
+from models.tasks.doodle import NEATNESS, Doodle, temperature
 
 # Held-out natural text, written for this benchmark (no training data is text: the model sees glyphs).
 CHINESE = [
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(".data/glyphs.npz"), help="packed glyphs (built if missing)")
     parser.add_argument("--seeds", type=int, default=5, help="hands per sentence (default 5)")
-    parser.add_argument("--neatness", type=float, default=DEFAULT_NEATNESS, help=f"as /doodle's (default {DEFAULT_NEATNESS:g})")
+    parser.add_argument("--neatness", type=float, default=NEATNESS.default, help=NEATNESS.help())
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: ocr, reconstruction")
     parser.add_argument("--images", type=Path, help="also save sample pictures here")
     parser.add_argument("--device", default="cpu")

@@ -7,6 +7,7 @@ from one hand to another and loops back, as /dream's morph does for faces.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +17,21 @@ import torch
 from models import images
 from models.gan.dcgan import slerp
 from models.handwriting import charset, layout, page, text
-from models.handwriting.model import HandwritingModel, load
+from models.handwriting.model import HandwritingModel, from_state
 from models.jobs import File, Job, Result
-from models.tasks.base import Plan, RunContext, Task, option_choice, option_float, option_int
+from models.options import Option
+from models.tasks.base import Plan, RunContext, StateDict, Task
 from models.tasks.dream import MAX_SEED, random_seed
+from models.weights import HANDWRITING
 
-DEFAULT_NEATNESS = 0.3
+TEXT = Option("text", str, None, f"Up to {text.MAX_CHARS} characters, Chinese and Latin; | starts a new line")
+MODE = Option("mode", str, "write", "Write the text, or morph from one hand to another", choices=("write", "morph"))
+SEED = Option("seed", int, None, "A number naming the hand; default: a random one, shown in the reply", 0, MAX_SEED)
+NEATNESS = Option("neatness", float, 0.3, "Higher writes closer to the average hand", 0.0, 1.0)
+INK = Option("ink", str, page.DEFAULT_INK, "Ink colour", choices=tuple(page.INKS))
+SEED_B = Option("seed_b", int, None, "The hand a morph ends at; default: the next seed", 0, MAX_SEED)
+FRAMES = Option("frames", int, 16, "Frames in a morph", 4, 48)
+FRAME_MS = Option("frame_ms", int, 110, "Milliseconds per frame of a morph", 20, 1000)
 GLYPHS_PER_CALL = 1024  # glyphs per network call (halved after an out-of-memory)
 
 
@@ -62,29 +72,29 @@ def _loop(distinct: list[Any], frames: int) -> list[Any]:
 
 class Doodle(Task):
     name = "doodle"
-    weights = ()  # committed in the repository: models/handwriting/weights/
+    weights = (HANDWRITING,)
+    options = (TEXT, MODE, SEED, NEATNESS, INK, SEED_B, FRAMES, FRAME_MS)
 
     def _item(self, job: Job) -> Item:
         o = job.options
-        lines = text.lines(str(o.get("text", "")), charset.covers)
-        mode = option_choice(o, "mode", "write", ("write", "morph"))
-        seed = option_int(o, "seed", 0, 0, MAX_SEED) if "seed" in o else random_seed()  # reported in info
-        neatness = option_float(o, "neatness", DEFAULT_NEATNESS, 0.0, 1.0)
-        ink = option_choice(o, "ink", page.DEFAULT_INK, tuple(page.INKS))
+        lines = text.lines(str(TEXT.read(o) or ""), charset.covers)
+        seed = SEED.read(o)
+        seed = random_seed() if seed is None else seed  # reported in info
+        neatness, ink = NEATNESS.read(o), INK.read(o)
         chars = sorted({ch for line in lines for ch in line if charset.covers(ch)})
-        if mode == "write":
+        if MODE.read(o) == "write":
             return Item(lines, chars, seed, neatness, ink, None, 1, 0)
-        seed_b = option_int(o, "seed_b", (seed + 1) % (MAX_SEED + 1), 0, MAX_SEED)
-        return Item(lines, chars, seed, neatness, ink, seed_b, option_int(o, "frames", 16, 4, 48),
-                    option_int(o, "frame_ms", 110, 20, 1000))
+        seed_b = SEED_B.read(o)
+        seed_b = (seed + 1) % (MAX_SEED + 1) if seed_b is None else seed_b
+        return Item(lines, chars, seed, neatness, ink, seed_b, FRAMES.read(o), FRAME_MS.read(o))
 
     def plan(self, job: Job, limits: images.Limits) -> Plan:
         item = self._item(job)
         distinct = 1 if item.seed_b is None else _distinct(item.frames)
         return Plan(key=("doodle",), cost=len(item.chars) * distinct * layout.CELL**2 / 1e6)
 
-    def load(self, device: torch.device, channels_last: bool) -> HandwritingModel:
-        return load(device)
+    def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> HandwritingModel:
+        return from_state(states[HANDWRITING.key], device)
 
     def prepare(self, job: Job, limits: images.Limits) -> Item:
         return self._item(job)
