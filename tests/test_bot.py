@@ -181,6 +181,7 @@ async def test_doodle_posts_the_text_handwritten_with_its_seed_and_buttons(disco
     emulator, _ = discord_sandbox
     record = await emulator.invoke("doodle", {"text": TRICKY_TEXT, "seed": 42, "ink": "sepia"})
     await record.wait()
+    one_public_result(record)
     page = image_of(record, "doodle.png")
     assert page.format == "PNG" and page.width > 200 and page.height > 100
     assert "seed **42**" in record.content and "sepia ink" in record.content and "can't write ☃" in record.content
@@ -194,8 +195,9 @@ async def test_doodle_new_hand_and_morph_write_the_same_text(discord_sandbox):
     first = await emulator.invoke("doodle", {"text": TRICKY_TEXT, "seed": 7, "neatness": 0.6})
     await first.wait()
     new, morph = [await emulator.click(first, custom_id) for custom_id in first.custom_ids]
-    await new.wait()
-    await morph.wait()
+    for record in (new, morph):
+        await record.wait()
+        one_public_result(record)
     assert "seed **7**" not in new.content and "neatness 0.6" in new.content and unquote(new.content) == TRICKY_TEXT
     assert new.files["doodle.png"] != first.files["doodle.png"]
     animation = image_of(morph, "morph.gif")
@@ -411,8 +413,9 @@ async def test_doodle_buttons_work_on_a_message_from_before_a_restart():
         emulator.identified.clear()
         bot, running = await start_bot(emulator, sandbox_settings(emulator))
         new, morph = [await emulator.click(before, custom_id) for custom_id in before.custom_ids]
-        await new.wait(timeout=120)
-        await morph.wait(timeout=120)
+        for record in (new, morph):
+            await record.wait(timeout=120)
+            one_public_result(record)
         assert new.files and "red ink" in new.content and unquote(new.content) == "重启以后 after a restart"
         assert image_of(morph, "morph.gif").n_frames == 16 and "Morph from hand **5**" in morph.content
     finally:
