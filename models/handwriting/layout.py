@@ -27,7 +27,7 @@ BEARING = 3  # space left and right of a letter's ink
 SPACE = 17
 LINE_PITCH = 82  # baseline to baseline
 MAX_WIDTH = 960  # lines wrap beyond this many pixels
-INK_LEVEL = 0.3  # alpha above which a column counts as ink when measuring
+INK_LEVEL = 0.5  # stroke alpha above which a column counts as ink when measuring
 FULL_WIDTH_PUNCTUATION = "，。、；：？！（）《》“”‘’"
 NO_BREAK_BEFORE = "，。、；：？！”’）》…·,.;:?!)]}"  # never starts a wrapped line
 
@@ -53,7 +53,7 @@ class Placement:
 
 
 def measure(ch: str, ink: np.ndarray | None) -> Metrics:
-    """Metrics of one character from its ink ([64, 64] alpha), or of a space / fallback box (ink None)."""
+    """Metrics of one character from its strokes ([64, 64] alpha), or of a space / fallback box (ink None)."""
     if ch in SPACES:
         return Metrics(0, BASELINE, EM if ch == "\u3000" else SPACE)
     if ink is None:  # the page draws a fallback box ink-centred like an ideograph
@@ -63,10 +63,9 @@ def measure(ch: str, ink: np.ndarray | None) -> Metrics:
     if is_ideograph(ch):  # centred in its place; narrow ones (一, 小) still take most of a square
         advance = max(0.8 * EM, right - left + 2 * BEARING)
         return Metrics((left + right - advance) / 2, CELL / 2 + IDEOGRAPH_RISE, advance)
-    width = (right - left + 2 * BEARING) * LATIN_SCALE
-    if ch in FULL_WIDTH_PUNCTUATION:  # keeps at least half a square
-        width = max(width, EM / 2)
-    return Metrics(left - BEARING, BASELINE, width, LATIN_SCALE)
+    if ch in FULL_WIDTH_PUNCTUATION:  # a small mark with room on both sides: at least half a square
+        return Metrics(left - 2 * BEARING, BASELINE, max((right - left + 4 * BEARING) * LATIN_SCALE, EM / 2), LATIN_SCALE)
+    return Metrics(left - BEARING, BASELINE, (right - left + 2 * BEARING) * LATIN_SCALE, LATIN_SCALE)
 
 
 def _tokens(line: str) -> list[str]:

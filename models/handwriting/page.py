@@ -87,19 +87,24 @@ def _warp(cells: torch.Tensor, placements: Sequence[Placement], size: int) -> to
     return F.grid_sample(cells, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def ink_alpha(p: torch.Tensor, lo: float = 0.2, hi: float = 0.8) -> torch.Tensor:
-    """The model's ink probabilities as pen strokes: the faint haze of its uncertainty (below `lo`)
-    leaves the paper clean, likely ink (above `hi`) is solid, with a smooth edge between."""
-    t = ((p - lo) / (hi - lo)).clamp_(0, 1)
-    return t * t * (3 - 2 * t)
+def strokes(glyphs: Mapping[str, np.ndarray], lo: float = 0.2, hi: float = 0.8) -> dict[str, np.ndarray]:
+    """The model's ink probabilities as pen strokes (alpha). The faint haze of its uncertainty (below
+    `lo`) leaves the paper clean and likely ink (above `hi`) is solid, with a smooth edge between;
+    a glyph whose surest ink is below `hi` (small marks such as 、 and 。) is first lifted until it reaches it."""
+    if not glyphs:
+        return {}
+    p = np.stack(list(glyphs.values())).astype(np.float32)
+    peak = p.reshape(len(p), -1).max(axis=1)[:, None, None]
+    t = np.clip((p * hi / np.clip(peak, 0.25, hi) - lo) / (hi - lo), 0, 1)
+    return dict(zip(glyphs, t * t * (3 - 2 * t)))
 
 
 def draw(placements: Sequence[Placement], glyphs: Mapping[str, np.ndarray], fallback: np.ndarray) -> Sheet:
-    """Rasterise every placement: written characters from `glyphs` ([64, 64] alpha), others as `fallback`."""
+    """Rasterise every placement: written characters from `glyphs` ([64, 64] stroke alpha), others as `fallback`."""
     if not placements:
         empty = np.zeros((1, 1), np.float32)
         return Sheet(empty, empty, (0, 0))
-    cells = ink_alpha(torch.from_numpy(np.stack([glyphs.get(p.char, fallback) for p in placements]).astype(np.float32))[:, None])
+    cells = torch.from_numpy(np.stack([glyphs.get(p.char, fallback) for p in placements]).astype(np.float32))[:, None]
     size = patch_size(placements)
     patches = (_warp(cells, placements, size)[:, 0] * torch.tensor([p.shade for p in placements])[:, None, None]).numpy()
     xs = [round(p.cx) - size // 2 for p in placements]
@@ -150,7 +155,8 @@ def paint(sheet: Sheet, box: tuple[int, int, int, int], ink: str) -> Image.Image
 
 def compose(lines: list[str], frames: Sequence[Mapping[str, np.ndarray]], seed: int, neatness: float, ink: str) -> list[Image.Image]:
     """The lines written with each frame's glyphs on one layout (measured on the ink of all frames),
-    as pictures of one size: a still is one frame, a morph many."""
+    as pictures of one size: a still is one frame, a morph many. `frames` hold the model's ink probabilities."""
+    frames = [strokes(glyphs) for glyphs in frames]
     union: dict[str, np.ndarray] = {}
     for glyphs in frames:
         for ch, g in glyphs.items():
