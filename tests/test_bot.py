@@ -187,7 +187,7 @@ async def test_doodle_posts_the_text_handwritten_with_its_seed_and_buttons(disco
     assert "seed **42**" in record.content and "sepia ink" in record.content and "can't write ☃" in record.content
     assert unquote(record.content) == TRICKY_TEXT  # quoted verbatim: the buttons read it back
     assert not re.search(r"(?<!\\)[@<]", record.content)  # mentions are escaped: shown, never a ping
-    assert record.custom_ids == ["easel:doodle:new:42:30:sepia", "easel:doodle:morph:42:30:sepia"]
+    assert record.custom_ids == ["easel:doodle:new:42:65:sepia", "easel:doodle:morph:42:65:sepia"]
 
 
 async def test_doodle_new_hand_and_morph_write_the_same_text(discord_sandbox):

@@ -27,7 +27,7 @@ from models.weights import HANDWRITING
 TEXT = Option("text", str, None, f"Up to {text.MAX_CHARS} characters, Chinese and Latin; | starts a new line")
 MODE = Option("mode", str, "write", "Write the text, or morph from one hand to another", choices=("write", "morph"))
 SEED = Option("seed", int, None, "A number naming the hand; default: a random one, shown in the reply", 0, MAX_SEED)
-NEATNESS = Option("neatness", float, 0.3, "Higher writes closer to the average hand", 0.0, 1.0)
+NEATNESS = Option("neatness", float, 0.65, "Higher writes closer to the average hand", 0.0, 1.0)
 INK = Option("ink", str, page.DEFAULT_INK, "Ink colour", choices=tuple(page.INKS))
 SEED_B = Option("seed_b", int, None, "The hand a morph ends at; default: the next seed", 0, MAX_SEED)
 FRAMES = Option("frames", int, 16, "Frames in a morph", 4, 48)
