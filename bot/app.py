@@ -29,7 +29,7 @@ log = logging.getLogger("easel")
 
 REPLY_GRACE_S = 30  # after the jobs: time for the last results and apologies to upload
 
-EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", "bot.commands.info")
+EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", "bot.commands.doodle", "bot.commands.info")
 
 
 class EaselBot(commands.Bot):

@@ -28,7 +28,7 @@ from models.jobs import Progress, Result
 
 log = logging.getLogger("easel.replies")
 
-WORKING = {"stylize": "🎨 Painting", "dream": "🧬 Dreaming up faces", "fix": "🔧 Restoring your photo"}
+WORKING = {"stylize": "🎨 Painting", "dream": "🧬 Dreaming up faces", "fix": "🔧 Restoring your photo", "doodle": "✍️ Writing"}
 WAITING = "⏳"
 DONE = "✅ Done: posted below for everyone."
 

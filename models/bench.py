@@ -2,9 +2,9 @@
 
     python -m models.bench            (or: easel bench)
 
-For each scenario (dream, stylize at 512 and 1024 px, fix) and each concurrency, N clients
-submit jobs back to back through a real InferencePool, once with dynamic batching and once
-with max batch 1. A timer on the event loop records how late it wakes (loop lag). The
+For each scenario (dream, stylize at 512 and 1024 px, fix, a 100-character doodle) and each
+concurrency, N clients submit jobs back to back through a real InferencePool, once with dynamic
+batching and once with max batch 1. A timer on the event loop records how late it wakes (loop lag). The
 onnxruntime comparison runs both engines on equal work, one image at a time, same threads.
 `--scenarios fix40mp` (not in the default set: minutes on a CPU) times one `easel fix` of a
 6000x6600 photo, just under the 40 MP limit, in a fresh process, and reports its peak memory.
@@ -44,9 +44,12 @@ SCENARIOS: dict[str, Callable[[int], Job]] = {
     "stylize512": lambda i: Job("stylize", {"max_side": 512}, {"content": _photo(i), "style": _PAINTING}),
     "stylize1024": lambda i: Job("stylize", {"max_side": 1024}, {"content": _photo(i), "style": _PAINTING}),
     "fix": lambda i: Job("fix", {"max_side": 768}, {"photo": _photo(i)}),
+    "doodle": lambda i: Job("doodle", {"text": DOODLE_TEXT, "seed": i}),
 }
 LARGE_FIX = "fix40mp"
 LARGE_SIZE = (6000, 6600)  # 39.6 MP: the largest photo of this shape the default 40 MP limit allows
+# 100 characters of mixed Chinese and English, as a /doodle request might be (49 distinct glyphs)
+DOODLE_TEXT = "今天天气很好，我们去公园散步吧。| The weather is lovely today, so let us walk in the park. 下午三点在门口见！See you at 3 pm."
 _PAINTING = samples.painting()
 _PHOTOS: list[bytes] = []
 
@@ -264,6 +267,13 @@ def summarize(pool_rows: list[dict[str, Any]], ort_rows: list[dict[str, Any]]) -
     on, off = find("dream", 32, True), find("dream", 32, False)
     if on and off:
         out["dream_c32_batching_speedup"] = round(on["jobs_per_s"] / off["jobs_per_s"], 2)
+    for c in (8, 32):
+        on, off = find("doodle", c, True), find("doodle", c, False)
+        if on and off:
+            out[f"doodle_c{c}_batching_speedup"] = round(on["jobs_per_s"] / off["jobs_per_s"], 2)
+    alone = find("doodle", 1, True)
+    if alone:
+        out["doodle_c1_latency_p50_s"] = alone["latency_p50_s"]
     if pool_rows:
         out["max_loop_lag_ms"] = max(r["loop_lag_max_ms"] for r in pool_rows)
     for row in ort_rows:

@@ -26,7 +26,7 @@ from models.errors import EaselError, UserError
 from models.jobs import Job, Progress, Result
 from models.options import Option
 from models.settings import ModelSettings
-from models.tasks import dream, fix, stylize
+from models.tasks import doodle, dream, fix, stylize
 
 NO_LIMIT = 1 << 40
 STILL_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
@@ -108,7 +108,7 @@ def _write(result: Result, out: Path, extra: Path | None = None) -> None:
     if extra is not None and len(result.files) > 1:
         _write_file(extra, _reencoded(result.files[1].data, STILL_FORMATS[extra.suffix.lower()]))
     shown = {k: v for k, v in result.info.items() if k not in ("queue_s", "batch")}
-    print(f"wrote {out} {json.dumps(shown, sort_keys=True)}")
+    print(f"wrote {out} {json.dumps(shown, sort_keys=True, ensure_ascii=False)}")
 
 
 def _reencoded(data: bytes, fmt: str) -> bytes:
@@ -147,6 +147,19 @@ def cmd_dream(args: argparse.Namespace) -> None:
         options.update(mode="variations" if args.variations else "grid", count=args.count)
         fmt = _still_format(args.out)
     _write(_run(Job("dream", options, max_bytes=NO_LIMIT, format=fmt), args.device), args.out)
+
+
+def cmd_doodle(args: argparse.Namespace) -> None:
+    options = _options(args, doodle.TEXT, doodle.SEED, doodle.NEATNESS, doodle.INK)
+    if args.morph_to is not None:
+        if args.out.suffix.lower() != ".gif":
+            raise CliError(f"A morph is an animation: write to a .gif file, not {args.out.name}.")
+        _check_writable(args.out)
+        options.update(mode="morph", seed_b=args.morph_to, frames=args.frames)
+        fmt = "png"
+    else:
+        fmt = _still_format(args.out)
+    _write(_run(Job("doodle", options, max_bytes=NO_LIMIT, format=fmt), args.device), args.out)
 
 
 def cmd_fix(args: argparse.Namespace) -> None:
@@ -209,7 +222,8 @@ def _flag(p: argparse.ArgumentParser, option: Option, *names: str) -> None:
     if option.kind is bool:
         p.add_argument(*names, dest=option.name, action="store_true", help=option.help())
     else:
-        p.add_argument(*names, dest=option.name, type=option.kind, default=option.default, help=option.help())
+        p.add_argument(*names, dest=option.name, type=option.kind, default=option.default, choices=option.choices or None,
+                       help=option.help())
 
 
 def _options(args: argparse.Namespace, *declared: Option) -> dict[str, Any]:
@@ -243,6 +257,17 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True)
     device(p)
     p.set_defaults(func=cmd_dream)
+
+    p = sub.add_parser("doodle", help="write TEXT in a handwriting the model invents (one hand per seed)")
+    p.add_argument("text", help=doodle.TEXT.help() + " (a newline too)")
+    _flag(p, doodle.SEED)
+    _flag(p, doodle.NEATNESS)
+    _flag(p, doodle.INK)
+    p.add_argument("--morph-to", type=int, metavar="SEED_B", help="animate from --seed's hand to SEED_B's (.gif)")
+    _flag(p, doodle.FRAMES)
+    p.add_argument("-o", "--out", type=Path, required=True)
+    device(p)
+    p.set_defaults(func=cmd_doodle)
 
     p = sub.add_parser("fix", help="deblur a photo")
     p.add_argument("input", type=Path)

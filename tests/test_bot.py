@@ -15,6 +15,7 @@ import pytest_asyncio
 import torch
 from PIL import Image, ImageFilter
 
+from bot.commands.doodle import unquote
 from bot.replies import DONE, is_interim
 from bot.runner import TOKEN_LIFETIME_S, TOKEN_MARGIN_S
 from bot.sandbox.burst import burst
@@ -91,7 +92,7 @@ async def answers_the_next_command(emulator: DiscordEmulator, user_id: int) -> N
 
 async def test_commands_are_declared_so_discords_ui_validates_them(discord_sandbox):
     emulator, _ = discord_sandbox
-    assert set(emulator.commands) == {"stylize", "dream", "fix", "help", "status"}
+    assert set(emulator.commands) == {"stylize", "dream", "fix", "doodle", "help", "status"}
     options = {c: {o["name"]: o for o in emulator.commands[c].get("options", [])} for c in emulator.commands}
     assert options["stylize"]["content"]["type"] == 11 and options["stylize"]["content"]["required"]
     assert options["stylize"]["style"]["type"] == 11 and not options["stylize"]["style"].get("required")
@@ -100,6 +101,9 @@ async def test_commands_are_declared_so_discords_ui_validates_them(discord_sandb
     assert (options["stylize"]["size"]["min_value"], options["stylize"]["size"]["max_value"]) == (64, 2048)  # the task's own range
     assert (options["dream"]["count"]["min_value"], options["dream"]["count"]["max_value"]) == (1, 16)
     assert options["fix"]["photo"]["type"] == 11
+    assert options["doodle"]["text"]["required"] and options["doodle"]["text"]["max_length"] == 200
+    assert (options["doodle"]["neatness"]["min_value"], options["doodle"]["neatness"]["max_value"]) == (0.0, 1.0)
+    assert [c["value"] for c in options["doodle"]["ink"]["choices"]] == ["blue", "black", "sepia", "red", "green"]
     for command in emulator.commands.values():
         assert 0 < len(command["description"]) <= 100
         assert all(0 < len(o["description"]) <= 100 for o in command.get("options", []))
@@ -169,6 +173,45 @@ async def test_dream_buttons_reroll_vary_and_morph(discord_sandbox):
     assert "variations" in vary.content and image_of(vary, "faces.png").size == image_of(grid, "faces.png").size
     animation = image_of(morph, "morph.gif")
     assert animation.n_frames == 24 and "Morph from seed **5**" in morph.content
+
+
+TRICKY_TEXT = "春眠不觉晓 | **not bold** @everyone <@1001> `code` ☃ a\\b"  # markdown, pings, a backslash, a snowman
+
+
+async def test_doodle_posts_the_text_handwritten_with_its_seed_and_buttons(discord_sandbox):
+    emulator, _ = discord_sandbox
+    record = await emulator.invoke("doodle", {"text": TRICKY_TEXT, "seed": 42, "ink": "sepia"})
+    await record.wait()
+    one_public_result(record)
+    page = image_of(record, "doodle.png")
+    assert page.format == "PNG" and page.width > 200 and page.height > 100
+    assert "seed **42**" in record.content and "sepia ink" in record.content and "can't write ☃" in record.content
+    assert unquote(record.content) == TRICKY_TEXT  # quoted verbatim: the buttons read it back
+    assert not re.search(r"(?<!\\)[@<]", record.content)  # mentions are escaped: shown, never a ping
+    assert record.custom_ids == ["easel:doodle:new:42:65:sepia", "easel:doodle:morph:42:65:sepia"]
+
+
+async def test_doodle_new_hand_and_morph_write_the_same_text(discord_sandbox):
+    emulator, _ = discord_sandbox
+    first = await emulator.invoke("doodle", {"text": TRICKY_TEXT, "seed": 7, "neatness": 0.6})
+    await first.wait()
+    new, morph = [await emulator.click(first, custom_id) for custom_id in first.custom_ids]
+    for record in (new, morph):
+        await record.wait()
+        one_public_result(record)
+    assert "seed **7**" not in new.content and "neatness 0.6" in new.content and unquote(new.content) == TRICKY_TEXT
+    assert new.files["doodle.png"] != first.files["doodle.png"]
+    animation = image_of(morph, "morph.gif")
+    assert animation.n_frames == 16 and "Morph from hand **7**" in morph.content and unquote(morph.content) == TRICKY_TEXT
+
+
+@pytest.mark.parametrize("text, words", [("☃ ♫", "can't write any of those"), ("   ", "Give me some text"),
+                                         ("写" * 201, "at most 200")])
+async def test_doodle_text_it_cannot_write_is_one_sentence(discord_sandbox, text, words):
+    emulator, _ = discord_sandbox
+    record = await emulator.invoke("doodle", {"text": text}, user_id=2002)
+    await record.wait()
+    assert words in only_one_sentence(record)
 
 
 async def test_fix_returns_a_sharper_photo_and_a_before_after_view(discord_sandbox):
@@ -340,7 +383,7 @@ async def test_help_and_status_answer_only_the_asker(discord_sandbox):
     status = await emulator.invoke("status")
     await helped.wait()
     await status.wait()
-    assert "/stylize" in helped.ephemeral_messages[0] and "/fix" in helped.ephemeral_messages[0]
+    assert all(f"/{name}" in helped.ephemeral_messages[0] for name in ("stylize", "dream", "fix", "doodle"))
     assert "Queue:" in status.ephemeral_messages[0] and "CPU" in status.ephemeral_messages[0]
     assert re.search(r"\*\*Requests:\*\* \d+ being handled", status.ephemeral_messages[0])
 
@@ -354,6 +397,32 @@ async def test_the_burst_benchmark_leaves_nobody_without_an_answer():
     assert report["lost"] == 0 and report["acknowledged"] == 10
     assert report["served"] + report["told_privately"] == 10
     assert report["served"] >= min(10, report["settings"]["max_jobs_per_guild"])  # the server's cap: 8 at a time
+
+
+async def test_doodle_buttons_work_on_a_message_from_before_a_restart():
+    """Nothing is kept in memory: a new bot process reads seed, neatness and ink from the custom_id
+    and the text from the message the button is on."""
+    emulator = DiscordEmulator()
+    await emulator.start()
+    try:
+        bot, running = await start_bot(emulator, sandbox_settings(emulator))
+        before = await emulator.invoke("doodle", {"text": "重启以后 after a restart", "seed": 5, "ink": "red"})
+        await before.wait(timeout=120)
+        await bot.wait_until_ready()  # a bot closed before it is ready leaves discord.py's ready task dangling
+        await bot.close()
+        await running
+        emulator.identified.clear()
+        bot, running = await start_bot(emulator, sandbox_settings(emulator))
+        new, morph = [await emulator.click(before, custom_id) for custom_id in before.custom_ids]
+        for record in (new, morph):
+            await record.wait(timeout=120)
+            one_public_result(record)
+        assert new.files and "red ink" in new.content and unquote(new.content) == "重启以后 after a restart"
+        assert image_of(morph, "morph.gif").n_frames == 16 and "Morph from hand **5**" in morph.content
+    finally:
+        await bot.close()
+        await running
+        await emulator.stop()
 
 
 async def test_cooldown_per_user_caps_and_a_full_queue_are_polite():

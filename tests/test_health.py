@@ -40,7 +40,7 @@ async def test_health_metrics_and_logs(real_weights, caplog):
                         break
                 await asyncio.sleep(0.05)
             assert report == {**report, "ok": True, "gateway_connected": True, "pool_running": True, "models_loaded": True}
-            assert report["models"] == ["dream", "fix", "stylize"]
+            assert report["models"] == ["doodle", "dream", "fix", "stylize"]
 
             good = await emulator.invoke("dream", {"count": 2, "seed": 4})
             bad = await emulator.invoke("fix", {"photo": Upload("notes.png", b"not an image at all", "image/png")}, user_id=2)

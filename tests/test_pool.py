@@ -421,7 +421,7 @@ async def test_real_models_through_the_pool(real_weights):
     pool = InferencePool(PoolConfig(device="cpu", max_batch=4, batch_wait_s=0.05))
     await pool.start()
     status = pool.status()
-    assert status["devices"][0]["models"] == ["dream", "fix", "stylize"]
+    assert status["devices"][0]["models"] == ["doodle", "dream", "fix", "stylize"]
     cat, painting = samples.photo("cat"), samples.painting()
     results = await asyncio.gather(
         pool.submit(Job("dream", {"seed": 1, "count": 4})),

@@ -20,21 +20,23 @@ def test_demo_answers_every_command_and_saves_the_replies(tmp_path, real_weights
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     saved = sorted(p.name for p in (tmp_path / "replies").iterdir() if p.suffix != ".json")
     assert saved == ["1-stylize-stylized.png", "2-stylize-preset-stylized.png", "3-dream-faces.png",
-                     "4-dream-morph-morph.gif", "5-fix-before-after.png", "5-fix-fixed.png"]
+                     "4-dream-morph-morph.gif", "5-fix-before-after.png", "5-fix-fixed.png", "8-doodle-doodle.png",
+                     "9-doodle-morph-morph.gif"]
     for name in saved:
         with Image.open(tmp_path / "replies" / name) as image:
             assert min(image.size) >= 128
-    assert done.stdout.count("acknowledged in") == 9
+    assert done.stdout.count("acknowledged in") == 11
     replies = {row["step"]: row for row in json.loads((tmp_path / "replies" / "replies.json").read_text())}
     assert all(replies[f"{i}-{step}"]["everyone_sees"] for i, step in enumerate(
         ("stylize", "stylize-preset", "dream", "dream-morph", "fix"), start=1))
+    assert replies["8-doodle"]["everyone_sees"] and replies["9-doodle-morph"]["everyone_sees"]
     (bad_upload,) = replies["6-bad-upload"]["only_the_asker_sees"]  # found after the download, so after the defer
     (refusal,) = replies["7-refused-cooldown"]["only_the_asker_sees"]  # before it
     assert "truncated" in bad_upload and "cooldown" in refusal
     assert not replies["6-bad-upload"]["everyone_sees"] and not replies["7-refused-cooldown"]["everyone_sees"]
     assert "only the asker sees: You're on cooldown" in done.stdout
-    assert replies["8-cancelled"]["only_the_asker_sees"] == ["🛑 Cancelled, as you asked."] and not replies["8-cancelled"]["everyone_sees"]
-    deleted = replies["9-deleted"]  # the /dream grid of step 3, deleted by its asker
+    assert replies["10-cancelled"]["only_the_asker_sees"] == ["🛑 Cancelled, as you asked."] and not replies["10-cancelled"]["everyone_sees"]
+    deleted = replies["11-deleted"]  # the /dream grid of step 3, deleted by its asker
     assert not deleted["everyone_sees"] and "seed **2024**" in deleted["deleted_from_the_channel"][0]
     assert f"All replies are in {tmp_path / 'replies'}" in done.stdout
 

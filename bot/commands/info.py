@@ -9,7 +9,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from models.style.presets import PRESET_NAMES
-from models.tasks import dream, fix, stylize
+from models.handwriting.text import MAX_CHARS
+from models.tasks import doodle, dream, fix, stylize
 
 if TYPE_CHECKING:
     from bot.app import EaselBot
@@ -32,6 +33,10 @@ class Info(commands.Cog):
             f"`count` {dream.COUNT.span()}, `truncation` {dream.TRUNCATION.span()}. "
             "Buttons: new faces, variations, and a morph animation.\n"
             f"• `/fix photo:<photo> [strength]` sharpens a blurry photo at full size; `strength` {fix.STRENGTH.span()}.\n"
+            f"• `/doodle text:<up to {MAX_CHARS} characters> [seed] [neatness] [ink]` writes your text, Chinese and Latin, "
+            "in a handwriting the model invents; `|` starts a new line, each seed is another hand. "
+            f"`neatness` {doodle.NEATNESS.span()}, `ink` {doodle.INK.span()}. "
+            "Buttons: a new hand, and a morph from this hand to another.\n"
             f"Limits: images up to {s.download_limit_mb:.0f} MB and {s.max_pixels / 1e6:.0f} megapixels; "
             f"results up to {s.upload_limit_mb:.0f} MB; {s.max_jobs_per_user} requests at a time per person, "
             f"{s.cooldown_s:g} s between requests."

@@ -2,7 +2,9 @@
 
 No Discord account or network needed: it starts the emulator, starts EaselBot against it, runs
 /stylize, /dream (and presses its Morph button), /fix, one bad upload, one refusal (a cooldown),
-a /fix its asker cancels, and the deletion of the /dream grid by its asker; saves the posted files and `replies.json` (who saw which text) into a folder, and prints where.
+/doodle (and its Morph button), a /fix its asker cancels, and the deletion of the /dream grid
+by its asker; saves the posted files and `replies.json` (who saw which text) into a folder, and
+prints where.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from bot.app import EaselBot, make_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from bot.settings import Settings
 from models import samples
+
+DOODLE_TEXT = "春眠不觉晓，处处闻啼鸟。| Spring sleep knows no dawn; everywhere I hear birds. 2026"
 
 
 def blurred_photo() -> bytes:
@@ -72,9 +76,9 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
 
     async def cancelled() -> Record:
         """A /fix whose asker presses Cancel as soon as their private progress message shows it."""
-        record = await emulator.invoke("fix", {"photo": Upload("blurry.jpg", blurred_photo(), "image/jpeg")}, user_id=8)
+        record = await emulator.invoke("fix", {"photo": Upload("blurry.jpg", blurred_photo(), "image/jpeg")}, user_id=10)
         await record.wait(lambda r: bool(r.private_custom_ids), timeout=600)
-        await emulator.click(record, record.private_custom_ids[0], user_id=8)
+        await emulator.click(record, record.private_custom_ids[0], user_id=10)
         return record
 
     async def deleted() -> Record:
@@ -93,21 +97,25 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
         ("5-fix", lambda: emulator.invoke("fix", {"photo": Upload("blurry.jpg", blurred_photo(), "image/jpeg")}, user_id=5)),
         ("6-bad-upload", lambda: emulator.invoke("fix", {"photo": Upload("photo.jpg", truncated_photo(), "image/jpeg")}, user_id=6)),
         ("7-refused-cooldown", lambda: emulator.invoke("dream", {"count": 4}, user_id=6)),  # the same person, at once
-        ("8-cancelled", cancelled),
-        ("9-deleted", deleted),
+        ("8-doodle", lambda: emulator.invoke("doodle", {"text": DOODLE_TEXT, "seed": 2024}, user_id=8)),
+        ("9-doodle-morph", None),
+        ("10-cancelled", cancelled),
+        ("11-deleted", deleted),
     ]
-    report = []
+    report, last = [], None
     try:
         for step, action in steps:
             started = time.monotonic()
-            if action is None:
-                assert dream is not None
-                record = await emulator.click(dream, next(c for c in dream.custom_ids if ":morph:" in c), user_id=4)
+            if action is None:  # press Morph on the previous step's reply
+                assert last is not None
+                record = await emulator.click(last, next(c for c in last.custom_ids if ":morph:" in c),
+                                              user_id=int(step.split("-")[0]))
             else:
                 record = await action()
             await record.wait(lambda r: r.answered() or bool(r.removed), timeout=600)  # an outcome, or deleted
             if step == "3-dream":
                 dream = record
+            last = record
             report.append({"step": step, "acknowledged_s": round((record.acknowledged_at or started) - record.sent_at, 3),
                            "answered_s": round(time.monotonic() - started, 2),
                            "everyone_sees": record.content, "only_the_asker_sees": record.ephemeral_messages,

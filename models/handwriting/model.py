@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,18 +203,23 @@ class HandwritingModel:
         return torch.sigmoid(self.net.decoder(deep, skip, z))
 
 
-def load(device: torch.device | str = "cpu", file: Path = WEIGHTS_FILE) -> HandwritingModel:
-    """The committed model (fp16 safetensors, computed in fp32) with its reference glyphs."""
-    from safetensors.torch import load_file
-
+def from_state(state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu") -> HandwritingModel:
+    """The model from a float32 state dict (the pool's worker reads it through the weights registry)
+    and the committed reference glyphs."""
     from models.handwriting.data import read_reference
 
-    if not file.exists():
-        raise FileNotFoundError(f"handwriting weights are missing: {file}")
     net = GlyphVAE()
-    net.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
+    net.load_state_dict(state)
     charset, reference = read_reference()
     if charset != cs.CHARSET:
         raise ValueError("the committed reference glyphs were built for another charset")
     return HandwritingModel(net, reference, torch.device(device))
 
+
+def load(device: torch.device | str = "cpu", file: Path = WEIGHTS_FILE) -> HandwritingModel:
+    """The committed model (fp16 safetensors, computed in fp32) with its reference glyphs."""
+    from safetensors.torch import load_file
+
+    if not file.exists():
+        raise FileNotFoundError(f"handwriting weights are missing: {file}")
+    return from_state({k: v.float() for k, v in load_file(str(file)).items()}, device)

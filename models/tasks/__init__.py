@@ -2,10 +2,11 @@
 
 from models.options import OptionError
 from models.tasks.base import Plan, RunContext, Task
+from models.tasks.doodle import Doodle
 from models.tasks.dream import Dream
 from models.tasks.fix import Fix
 from models.tasks.stylize import Stylize
 
-TASKS: dict[str, Task] = {task.name: task for task in (Stylize(), Dream(), Fix())}
+TASKS: dict[str, Task] = {task.name: task for task in (Stylize(), Dream(), Fix(), Doodle())}
 
 __all__ = ["TASKS", "OptionError", "Plan", "RunContext", "Task"]
