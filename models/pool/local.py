@@ -288,7 +288,7 @@ class InferencePool:
             worker.busy = True
             try:
                 await loop.run_in_executor(worker.executor, worker.process, task, [t.job for t in batch],
-                                           partial(_progress, loop, batch), partial(_wanted, batch), partial(self._deliver, loop, batch))
+                                           partial(self._deliver, loop, batch), partial(_progress, loop, batch), partial(_wanted, batch))
             except Exception:  # process delivers per-job errors itself; this is a bug in the pool
                 log.exception("batch of %d %s jobs failed on %s", len(batch), task.name, worker.name)
             finally:

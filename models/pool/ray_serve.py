@@ -95,22 +95,14 @@ class Replica:
         for piece in _within_budget([task.plan(j, self.config.limits).cost for j in jobs], self.worker.batch_megapixels):
             def deliver(i: int, outcome: Outcome, piece: list[int] = piece) -> None:
                 outcomes[piece[i]] = outcome
-            await loop.run_in_executor(self.worker.executor, self.worker.process, task, [jobs[i] for i in piece],
-                                       _ignore, _always, deliver)
+            # Progress within a batch stays on the replica: the person sees "running".
+            await loop.run_in_executor(self.worker.executor, self.worker.process, task, [jobs[i] for i in piece], deliver)
         return [o if isinstance(o, Result | EaselError) else RuntimeError(f"{type(o).__name__}: {o}") for o in outcomes]
 
     def status(self) -> dict[str, Any]:
         context = serve.get_replica_context()
         return {**self.worker.status(), "replica": context.replica_id.to_full_id_str(),
                 "node": ray.get_runtime_context().get_node_id()}
-
-
-def _ignore(fraction: float) -> None:
-    """Progress within a batch stays on the replica (the person sees "running")."""
-
-
-def _always(i: int) -> bool:
-    return True
 
 
 def _within_budget(costs: list[float], budget: float) -> list[list[int]]:

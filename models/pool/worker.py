@@ -24,7 +24,7 @@ from models.errors import ResourceError, TaskContractError, UserError
 from models.jobs import Job, Result
 from models.pool.config import PoolConfig
 from models.pool.devices import reduced_dtype
-from models.tasks import RunContext, Task
+from models.tasks import RunContext, Task, every_item, no_progress
 
 log = logging.getLogger("easel.pool")
 
@@ -54,7 +54,7 @@ class Worker:
             log.info("loaded %s on %s in %.1fs", task.name, self.device, time.perf_counter() - started)
         return self.nets[task.name]
 
-    def context(self, progress: Callable[[float], None], wanted: Callable[[int], bool] = lambda i: True) -> RunContext:
+    def context(self, progress: Callable[[float], None] = no_progress, wanted: Callable[[int], bool] = every_item) -> RunContext:
         return RunContext(self.device, reduced_dtype(self.config.precision, self.device), self.channels_last, 0, progress, wanted)
 
     def run_batch(self, task: Task, items: list[Any], ctx: RunContext) -> list[Any]:
@@ -78,8 +78,8 @@ class Worker:
                                     "Task.run must return exactly one per item")
         return outputs
 
-    def process(self, task: Task, jobs: list[Job], progress: Callable[[float], None],
-                wanted: Callable[[int], bool], deliver: Callable[[int, Outcome], None]) -> None:
+    def process(self, task: Task, jobs: list[Job], deliver: Callable[[int, Outcome], None],
+                progress: Callable[[float], None] = no_progress, wanted: Callable[[int], bool] = every_item) -> None:
         """On this worker's thread: run jobs[i] for every i still `wanted`, as one batch, and
         `deliver(i, result or error)` for each as soon as it is known. Jobs no longer wanted
         (cancelled) are skipped before and after the model runs, and between the steps of a task
@@ -117,7 +117,7 @@ class Worker:
         for job in task.warmup_jobs():
             with torch.inference_mode():
                 item = task.prepare(job, self.config.limits)
-                task.finish(job, item, self.run_batch(task, [item], self.context(lambda fraction: None))[0])
+                task.finish(job, item, self.run_batch(task, [item], self.context())[0])
 
     def _on_cpu(self, things: list[Any], fn: Callable[[Any], Any]) -> list[tuple[Any, Any]]:
         """(thing, fn(thing) or the exception it raised), computed on the CPU threads in parallel."""

@@ -1,7 +1,7 @@
 """The tasks the pool can run, by name."""
 
 from models.options import OptionError
-from models.tasks.base import Plan, RunContext, Task
+from models.tasks.base import Plan, RunContext, Task, every_item, no_progress
 from models.tasks.doodle import Doodle
 from models.tasks.dream import Dream
 from models.tasks.fix import Fix
@@ -9,4 +9,4 @@ from models.tasks.stylize import Stylize
 
 TASKS: dict[str, Task] = {task.name: task for task in (Stylize(), Dream(), Fix(), Doodle())}
 
-__all__ = ["TASKS", "OptionError", "Plan", "RunContext", "Task"]
+__all__ = ["TASKS", "OptionError", "Plan", "RunContext", "Task", "every_item", "no_progress"]

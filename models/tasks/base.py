@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +29,15 @@ class Plan:
     cost: float  # rough work in megapixel-equivalents, for queue-wait estimates
 
 
+def no_progress(fraction: float) -> None:
+    """Progress nobody follows (warm-up runs, a Ray replica's batches)."""
+
+
+def every_item(i: int) -> bool:
+    """Nothing in the batch was cancelled."""
+    return True
+
+
 @dataclass
 class RunContext:
     """Where and how a batch runs; `shrink` > 0 asks for a smaller-memory attempt after an OOM.
@@ -40,8 +49,8 @@ class RunContext:
     reduced_dtype: torch.dtype | None = None  # autocast dtype where a task allows it
     channels_last: bool = False
     shrink: int = 0
-    progress: Callable[[float], None] = field(default=lambda fraction: None)
-    wanted: Callable[[int], bool] = field(default=lambda i: True)
+    progress: Callable[[float], None] = no_progress
+    wanted: Callable[[int], bool] = every_item
 
     def tensor(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
