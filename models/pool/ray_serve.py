@@ -57,7 +57,7 @@ class Replica:
         self.cpu = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="easel-cpu")
         self.worker = Worker(device, config, self.cpu)
         self.tasks = {name: TASKS[name] for name in (config.tasks or tuple(TASKS))}
-        self.batchers: dict[Hashable, Callable[[Job], Any]] = {}
+        self.batchers: dict[Hashable, Callable[[tuple[Job, float]], Any]] = {}
         if config.preload:  # the constructor runs before the replica takes requests
             for task in self.tasks.values():
                 self.worker.nets_for(task)
@@ -76,23 +76,24 @@ class Replica:
         except EaselError as error:
             yield error
             return
-        yield await self._batcher(task, plan.key)(job)
+        yield await self._batcher(task, plan.key)((job, plan.cost))
 
-    def _batcher(self, task: Task, batch_key: Hashable) -> Callable[[Job], Any]:
+    def _batcher(self, task: Task, batch_key: Hashable) -> Callable[[tuple[Job, float]], Any]:
         """The batch queue for one task and key: jobs with equal keys share a model run."""
         key = (task.name, batch_key)
         if key not in self.batchers:
             @serve.batch(max_batch_size=self.config.max_batch, batch_wait_timeout_s=self.config.batch_wait_s)
-            async def run_batch(jobs: list[Job]) -> list[Outcome]:
-                return await self._process(task, jobs)
+            async def run_batch(planned: list[tuple[Job, float]]) -> list[Outcome]:
+                return await self._process(task, planned)
             self.batchers[key] = run_batch
         return self.batchers[key]
 
-    async def _process(self, task: Task, jobs: list[Job]) -> list[Outcome]:
-        """Run a batch on the worker's thread, in pieces within the device's megapixel budget."""
+    async def _process(self, task: Task, planned: list[tuple[Job, float]]) -> list[Outcome]:
+        """Run a batch of (job, its plan's cost) on the worker's thread, in pieces within the device's megapixel budget."""
+        jobs = [job for job, _ in planned]
         outcomes: list[Outcome] = [RuntimeError("not run")] * len(jobs)
         loop = asyncio.get_running_loop()
-        for piece in _within_budget([task.plan(j, self.config.limits).cost for j in jobs], self.worker.batch_megapixels):
+        for piece in _within_budget([cost for _, cost in planned], self.worker.batch_megapixels):
             def deliver(i: int, outcome: Outcome, piece: list[int] = piece) -> None:
                 outcomes[piece[i]] = outcome
             # Progress within a batch stays on the replica: the person sees "running".
