@@ -39,11 +39,12 @@ from models import samples
 from models.jobs import Job
 from models.pool import InferencePool, PoolConfig, keep_freed_memory
 
+FIX_SIDE = 768  # the square photo /fix restores in the "fix" scenario
 SCENARIOS: dict[str, Callable[[int], Job]] = {
     "dream": lambda i: Job("dream", {"seed": i, "count": 4}),
     "stylize512": lambda i: Job("stylize", {"max_side": 512}, {"content": _photo(i), "style": _PAINTING}),
     "stylize1024": lambda i: Job("stylize", {"max_side": 1024}, {"content": _photo(i), "style": _PAINTING}),
-    "fix": lambda i: Job("fix", {"max_side": 768}, {"photo": _photo(i)}),
+    "fix": lambda i: Job("fix", {"max_side": FIX_SIDE}, {"photo": _photo(i)}),
     "doodle": lambda i: Job("doodle", {"text": DOODLE_TEXT, "seed": i}),
 }
 LARGE_FIX = "fix40mp"
@@ -117,6 +118,8 @@ async def bench_pool(scenarios: list[str], concurrencies: list[int], jobs_per_cl
                     row.update(scenario=name, concurrency=c, batching=batching, max_batch=max_batch if batching else 1)
                     if name == "dream":
                         row["images_per_s"] = round(row["jobs_per_s"] * 4, 2)
+                    if name == "fix":
+                        row["megapixels_per_s"] = round(row["jobs_per_s"] * FIX_SIDE ** 2 / 1e6, 3)
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     rows.append(row)
         finally:
@@ -254,7 +257,8 @@ def bench_large_fix(device: str) -> dict[str, Any]:
     info = json.loads(run.stdout[run.stdout.index("{"):])  # "wrote PATH {json}"
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the only child this process waited for
     row = {"scenario": LARGE_FIX, "width": LARGE_SIZE[0], "height": LARGE_SIZE[1], "device": info["device"],
-           "seconds": round(seconds, 1), "model_s": info["model_s"], "peak_rss_mb": round(peak_kb / 1024)}
+           "seconds": round(seconds, 1), "model_s": info["model_s"], "peak_rss_mb": round(peak_kb / 1024),
+           "megapixels_per_s": round(LARGE_SIZE[0] * LARGE_SIZE[1] / 1e6 / seconds, 3)}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -271,6 +275,9 @@ def summarize(pool_rows: list[dict[str, Any]], ort_rows: list[dict[str, Any]]) -
         on, off = find("doodle", c, True), find("doodle", c, False)
         if on and off:
             out[f"doodle_c{c}_batching_speedup"] = round(on["jobs_per_s"] / off["jobs_per_s"], 2)
+    fix = find("fix", 1, True)
+    if fix:
+        out["fix_c1_megapixels_per_s"] = fix["megapixels_per_s"]
     alone = find("doodle", 1, True)
     if alone:
         out["doodle_c1_latency_p50_s"] = alone["latency_p50_s"]
