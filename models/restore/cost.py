@@ -3,8 +3,9 @@
     python -m models.restore.cost [--weights PATH ...] [--threads 1] [--runs 5]
 
 Each net (the registry's deblur weights, then every --weights file) restores the first held-out
-photo at 768 px through 256 px tiles (32 px overlap, batches of 4), the benchmark's and /fix's
-CPU tiling. The figure is process CPU time, not wall time, and the nets take turns, best of N:
+photo at 768 px through its own CPU tiling, as /fix runs it (`tiling` in models/restore/net.py),
+KernelDeblurNet's kernel estimation and deconvolution included. The figure is process CPU time,
+not wall time, and the nets take turns, best of N:
 on a machine shared with other work, wall time measures the neighbours, and turns expose every
 net to the same neighbours.
 """
@@ -24,9 +25,10 @@ from models.restore.tiling import restore_tiled
 
 
 def cpu_seconds(net: torch.nn.Module, image: torch.Tensor) -> float:
+    cut = net.tiling["cpu"]
     started = time.process_time()
     with torch.inference_mode():
-        restore_tiled(net, [image], tile=ev.TILE, overlap=ev.OVERLAP, batch=ev.TILE_BATCH)
+        restore_tiled(net, [image], cut.tile, cut.overlap, cut.batch)
     return time.process_time() - started
 
 

@@ -1,6 +1,6 @@
 """How much the deblurring net helps on held-out photos, against the blurred input and classical baselines, as JSON.
 
-    python -m models.restore.evaluate [--weights PATH] [--images N] [--max-side 768] [--markdown]
+    python -m models.restore.evaluate [--weights PATH] [--images N] [--max-side 768] [--methods M,...] [--markdown]
 
 Every held-out photo (never seen in training) is downscaled once, then degraded under fixed,
 seeded conditions: motion blur, defocus and Gaussian blur at three strengths each, always
@@ -60,7 +60,6 @@ PSNR_CAP_DB = 100.0  # identical images score this instead of infinity, which JS
 UNSHARP_GRID = tuple((radius, amount) for radius in (1.0, 2.0, 3.0, 5.0) for amount in (0.25, 0.5, 1.0, 2.0))
 WIENER_BALANCES = (0.003, 0.01, 0.03, 0.1)
 RL_ITERATIONS = (10, 30)
-TILE, OVERLAP, TILE_BATCH = 256, 32, 4
 
 
 @dataclass(frozen=True)
@@ -172,13 +171,17 @@ def richardson_lucy_candidates(degraded: np.ndarray, kernel: np.ndarray) -> dict
 
 
 def network_candidates(net: torch.nn.Module) -> Candidates:
-    """The net as /fix runs it: full resolution, overlapping tiles, inference mode."""
+    """The net as /fix runs it on a CPU: full resolution, overlapping tiles, inference mode."""
+    cut = net.tiling["cpu"]
+
     def run(degraded: np.ndarray, kernel: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            (out,) = restore_tiled(net, [torch.from_numpy(degraded).permute(2, 0, 1)], tile=TILE, overlap=OVERLAP,
-                                   batch=TILE_BATCH)
+            (out,) = restore_tiled(net, [torch.from_numpy(degraded).permute(2, 0, 1)], cut.tile, cut.overlap, cut.batch)
         return {"": out.permute(1, 2, 0).numpy()}
     return run
+
+
+BASELINES = ("unsharp", "wiener", "richardson_lucy")
 
 
 def benchmark_methods(net: torch.nn.Module) -> list[Method]:
@@ -248,7 +251,7 @@ def aggregate(rows: list[dict[str, Any]], conditions: tuple[Condition, ...], nam
         "oracle_choices": {n: dict(Counter(r["setting"] for r in rows if r["method"] == n).most_common())
                            for n in names if any(r["setting"] for r in rows if r["method"] == n)},
         "seconds": {n: round(sum(r["seconds"] for r in rows if r["method"] == n), 2) for n in names},
-        "summary": summarize(overall),
+        **({"summary": summarize(overall)} if set(BASELINES) <= set(names) else {}),
     }
 
 
@@ -267,7 +270,8 @@ def benchmark_settings(images: dict[str, np.ndarray], conditions: tuple[Conditio
         "rng": "numpy default_rng([seed, image index, crc32(condition name)]) draws the motion kernel, then the noise",
         "score_region": f"interior: border of kernel radius + {BORDER_EXTRA} px cropped, same for every method",
         "psnr_cap_db": PSNR_CAP_DB,
-        "tiling": {"tile": TILE, "overlap": OVERLAP, "batch": TILE_BATCH},
+        "tiling": "each net's CPU tiling, as /fix runs it (models/restore/net.py: DeblurNet 256 px tiles, 32 px "
+                  "overlap; KernelDeblurNet 512 px, 64 px)",
         "grids": {"unsharp_radius_amount": [list(g) for g in UNSHARP_GRID], "wiener_balance": list(WIENER_BALANCES),
                   "richardson_lucy_num_iter": list(RL_ITERATIONS)},
         "oracle_tuning": "unsharp, wiener and richardson_lucy are oracle-tuned: per image and condition they keep "
@@ -279,11 +283,12 @@ def benchmark_settings(images: dict[str, np.ndarray], conditions: tuple[Conditio
 
 def evaluate(images: dict[str, np.ndarray], net: torch.nn.Module, conditions: tuple[Condition, ...] = CONDITIONS,
              unseen: tuple[Condition, ...] = UNSEEN_CONDITIONS, seed: int = SEED,
-             log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+             log: Callable[[str], None] = lambda line: None, methods: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The full report for sharp HxWx3 float images (by name, in index order) under each condition;
-    the `unseen` shake conditions are aggregated apart, under "unseen_shake"."""
+    the `unseen` shake conditions are aggregated apart, under "unseen_shake". `methods` limits the
+    columns (the summary needs all of them)."""
     net.eval()
-    chosen = benchmark_methods(net)
+    chosen = [m for m in benchmark_methods(net) if methods is None or m.name in methods]
     rows = []
     for index, (name, sharp) in enumerate(images.items()):
         for condition in (*conditions, *unseen):
@@ -342,11 +347,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="only the first N held-out photos")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table to stderr")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    parser.add_argument("--methods", default=None, help="comma-separated columns to run, e.g. blurred,ours "
+                        "(default: all; the classical baselines take most of the time and never change)")
     args = parser.parse_args()
     data_dir = args.data_dir or photos.default_data_dir()
     held_out = list(photos.load_split(data_dir, "held_out").items())[:args.images]
     images = {name: load_image(array, args.max_side) for name, array in held_out}
-    report = evaluate(images, load_net(args.weights), CONDITIONS, UNSEEN_CONDITIONS,
+    methods = tuple(args.methods.split(",")) if args.methods else None
+    report = evaluate(images, load_net(args.weights), CONDITIONS, UNSEEN_CONDITIONS, methods=methods,
                       log=lambda line: print(line, file=sys.stderr, flush=True))
     report["settings"].update(weights=str(args.weights or "registry: deblur"), data_dir=str(data_dir), max_side=args.max_side)
     text = json.dumps(report, indent=2)

@@ -1,6 +1,6 @@
-"""The exact mathematics of deblurring, differentiable and batched: kernel estimation and Wiener deconvolution.
+"""The exact mathematics of deblurring, batched: Wiener deconvolution and the padding it needs.
 
-Both work per image (per tile, in /fix) in the Fourier domain, always in float32 (bf16 has too few
+It works per image (per tile, in /fix) in the Fourier domain, always in float32 (bf16 has too few
 bits for a spectrum). Kernels are (N, k, k) with their centre of mass on the middle pixel, the
 convention of `models.restore.degrade`: blurred = kernel * sharp (a true convolution).
 """
@@ -12,7 +12,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-KERNEL_SIZE = 31  # the largest blur the network can estimate: shake up to about 26 px, defocus radius 15
+KERNEL_SIZE = 31  # the largest blur /fix can estimate: shake up to about 26 px, defocus radius 15
 
 
 def fast_size(n: int) -> int:
@@ -78,52 +78,3 @@ def wiener(blurred: torch.Tensor, kernel: torch.Tensor, balance: torch.Tensor, p
         spectrum = torch.fft.rfft2(y) * otf.conj() / (otf.abs() ** 2 + balance.float()[:, None, None, None] * prior + 1e-8)
         return torch.fft.irfft2(spectrum, s=(h, w))[..., pad_h // 2:pad_h // 2 + blurred.shape[-2],
                                                      pad_w // 2:pad_w // 2 + blurred.shape[-1]]
-
-
-def _gradients(x: torch.Tensor) -> torch.Tensor:
-    """Forward differences (N, 1, H, W) -> (N, 2, H, W), zero on the last row / column."""
-    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0))
-    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
-    return torch.cat([dx, dy], 1)
-
-
-def least_squares_kernel(latent: torch.Tensor, blurred: torch.Tensor, damping: torch.Tensor | float,
-                         size: int = KERNEL_SIZE) -> torch.Tensor:
-    """The kernel k that best explains blurred = k * latent, in closed form: (N, 1, H, W) x2 -> (N, size, size).
-
-    Least squares on image gradients, solved per frequency (Cho & Lee 2009, Schuler et al. 2016):
-    K = (sum_d conj(L_d) B_d + e) / (sum_d |L_d|^2 + e), where e (damping times the mean gradient
-    energy) pulls frequencies without evidence towards the identity kernel; cut to `size` around
-    the centre. Raw: it may hold small negative values and a faint haze (see `clean_kernel`), and
-    it is differentiable everywhere, so training can supervise it against the true kernel.
-    Gradients are windowed (edges faded) and zero-padded, so the correlation sees no wrap-around.
-    """
-    with torch.autocast(latent.device.type, enabled=False):
-        h, w = latent.shape[-2:]
-        fade = max(1, min(16, h // 4, w // 4))
-        window = _ramp(h - 2 * fade, fade, fade, latent.device)[:, None] * _ramp(w - 2 * fade, fade, fade, latent.device)[None]
-        grid = (fast_size(h + size), fast_size(w + size))
-        lat = torch.fft.rfft2(_gradients(latent.float()) * window, s=grid)
-        blu = torch.fft.rfft2(_gradients(blurred.float()) * window, s=grid)
-        energy = (lat.abs() ** 2).sum(1)
-        e = torch.as_tensor(damping, dtype=torch.float32, device=latent.device).reshape(-1, 1, 1) * \
-            energy.mean((-2, -1), keepdim=True) + 1e-10
-        k = torch.fft.irfft2(((lat.conj() * blu).sum(1) + e) / (energy + e), s=grid)
-        return torch.roll(k, (size // 2, size // 2), (-2, -1))[..., :size, :size]
-
-
-def clean_kernel(raw: torch.Tensor, floor: torch.Tensor | float = 0.05) -> torch.Tensor:
-    """A least-squares kernel made usable: values below `floor` times its peak dropped, sum 1.
-
-    Noise spreads a faint haze over the whole support, which would otherwise hold much of the
-    mass: measured on a 15 px shake at noise 0.01, a floor of 0.05 halves the kernel's L1 error
-    and lifts the Wiener result by 2.5 dB.
-    """
-    with torch.autocast(raw.device.type, enabled=False):
-        floor = torch.as_tensor(floor, dtype=torch.float32, device=raw.device).reshape(-1, 1, 1)
-        k = (raw - floor * raw.amax((-2, -1), keepdim=True)).clamp_min(0)
-        size = k.shape[-1]
-        delta = torch.zeros(size, size, device=k.device)
-        delta[size // 2, size // 2] = 1e-6  # an all-negative estimate falls back to "no blur"
-        k = k + delta
-        return k / k.sum((-2, -1), keepdim=True)

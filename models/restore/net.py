@@ -1,7 +1,7 @@
 """The deblurring nets, built from compact NAFNet-style U-Nets (Chen et al. 2022).
 
-DeblurNet (shipped) is one U-Net that predicts a residual; WienerDeblurNet (second generation)
-estimates the blur, deconvolves it exactly and refines the result (see its docstring).
+DeblurNet (shipped) is one U-Net that predicts a residual. KernelDeblurNet (second generation, in
+training) estimates the blur, undoes it exactly and lets the same U-Net refine the result.
 
 The blocks keep NAFNet's choices that make small restoration nets train well (LayerNorm,
 SimpleGate instead of activations, learnable residual scales) but drop its channel attention:
@@ -11,14 +11,12 @@ and tiled inference would no longer match whole-image inference.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.restore import fourier
+from models.restore import fourier, kernel
+from models.restore.tiling import Tiling
 
 
 class LayerNorm2d(nn.Module):
@@ -65,7 +63,7 @@ class NAFBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net of NAF blocks from `inputs` to `outputs` channels; also returns its bottleneck, pooled."""
+    """U-Net of NAF blocks from `inputs` to `outputs` channels."""
 
     def __init__(self, inputs: int, outputs: int, width: int, enc_blocks: tuple[int, ...], mid_blocks: int,
                  dec_blocks: tuple[int, ...]) -> None:
@@ -79,7 +77,6 @@ class UNet(nn.Module):
             self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
             c *= 2
         self.middle = nn.Sequential(*[NAFBlock(c) for _ in range(mid_blocks)])
-        self.bottleneck = c
         for n in dec_blocks:
             self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
             c //= 2
@@ -88,7 +85,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.ending.weight)  # starts as "no change": the input passes through untouched
         nn.init.zeros_(self.ending.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
@@ -99,75 +96,68 @@ class UNet(nn.Module):
             skips.append(feat)
             feat = down(feat)
         feat = self.middle(feat)
-        pooled = feat.mean((-2, -1))
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             feat = decoder(up(feat) + skip)
-        return self.ending(feat)[..., :h, :w], pooled
+        return self.ending(feat)[..., :h, :w]
 
 
 class DeblurNet(UNet):
-    """The first-generation net: one U-Net that predicts a residual on the RGB input (0..1)."""
+    """The first-generation net, shipped: one U-Net that predicts a residual on the RGB input (0..1)."""
+
+    tiling = {"cpu": Tiling(256, 32, 4), "cuda": Tiling(512, 32, 16)}
 
     def __init__(self) -> None:
         super().__init__(3, 3, 16, (1, 1, 2, 4), 4, (1, 1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image + super().forward(image)[0]
+        return image + super().forward(image)
 
 
-@dataclass
-class Parts:
-    """What WienerDeblurNet computed on the way: for training losses and for looking at."""
-
-    latent: torch.Tensor  # (N, 1, H, W) the sharp grey image the kernel is fitted to
-    raw_kernel: torch.Tensor  # (N, k, k) the least-squares kernel, before `fourier.clean_kernel`
-    kernel: torch.Tensor  # (N, k, k) the estimated blur kernel
-    balance: torch.Tensor  # (N,) the noise-to-signal weight of the Wiener filter
-    deconvolved: torch.Tensor  # (N, 3, H, W) the Wiener result, before refinement
-    restored: torch.Tensor  # (N, 3, H, W) the output
+WIENER_BALANCES = (0.01, 0.05)  # a crisp but noisy and a smooth deconvolution: the refinement takes from both
+DETAIL_GAIN = 10.0  # what the deconvolutions add to the blurred image is small: scaled, the U-Net learns to use it
+# ten times faster (its first layer's weights for it start at zero, and Adam moves weights at one rate)
 
 
-class WienerDeblurNet(nn.Module):
-    """Blind deblurring with the deconvolution done exactly: estimate, invert, refine.
+def deconvolve(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Each NCHW image Wiener-deconvolved by its own kernel at each of WIENER_BALANCES: (N, 3 * 2, H, W)."""
+    n = image.shape[0]
+    outputs = [fourier.wiener(image, kernels, torch.full((n,), b, device=image.device)) for b in WIENER_BALANCES]
+    return torch.cat(outputs, 1).clamp(-0.25, 1.25).to(image.dtype)
 
-    1. A small U-Net sharpens the grey image into a latent edge map; the kernel that best maps it
-       onto the blurred grey image is solved in closed form (`fourier.least_squares_kernel`).
-    2. Wiener deconvolution with that kernel (`fourier.wiener`), its noise-to-signal balance
-       predicted from the U-Net's pooled bottleneck.
-    3. A second U-Net sees the blurred and the deconvolved image and predicts a residual on the
-       latter: it removes ringing and noise, and falls back to the input where the kernel is wrong.
 
-    One kernel per input image: /fix feeds 256 px tiles, so blur that varies across a photo gets
-    one estimate per tile, blended by the tiling.
+class KernelDeblurNet(nn.Module):
+    """Blind deblurring in three steps, only the last one learned:
+
+    1. estimate each input's blur kernel (`kernel.estimate`: coarse to fine, no weights);
+    2. deconvolve it exactly, in the Fourier domain, twice (`deconvolve`);
+    3. a U-Net sees the blurred image and what each deconvolution adds to it, and predicts a
+       residual on the blurred image: it removes ringing and noise, and falls back to plain sharpening where
+       the kernel is wrong.
+
+    One kernel per input image: /fix feeds it 512 px tiles (estimation needs area), so blur that
+    varies across a photo gets one estimate per tile, blended by the tiling. The U-Net's first
+    layer sees 9 channels; the rest is DeblurNet's U-Net, which it is fine-tuned from
+    (models/restore/train.py).
     """
 
-    def __init__(self, width: int = 16, latent_width: int = 12) -> None:
-        super().__init__()
-        self.latent = UNet(1, 1, latent_width, (1, 1, 1, 2), 2, (1, 1, 1, 1))
-        self.balance = nn.Linear(self.latent.bottleneck, 1)
-        nn.init.zeros_(self.balance.weight)
-        nn.init.constant_(self.balance.bias, math.log(3e-3))
-        self.log_damping = nn.Parameter(torch.tensor(math.log(1e-3)))
-        self.floor_logit = nn.Parameter(torch.tensor(math.log(0.05 / 0.95)))
-        self.refine = UNet(6, 3, width, (1, 1, 1, 2), 2, (1, 1, 1, 1))
+    tiling = {"cpu": Tiling(512, 64, 2), "cuda": Tiling(512, 64, 16)}
 
-    def parts(self, image: torch.Tensor) -> Parts:
-        grey = image.mean(1, keepdim=True)
-        residual, pooled = self.latent(grey)
-        latent = grey + residual
-        raw_kernel = fourier.least_squares_kernel(latent, grey, self.log_damping.exp())
-        kernel = fourier.clean_kernel(raw_kernel, torch.sigmoid(self.floor_logit))
-        balance = self.balance(pooled.float()).squeeze(1).clamp(-12, 0).exp()
-        deconvolved = fourier.wiener(image, kernel, balance).clamp(-0.25, 1.25)
-        correction, _ = self.refine(torch.cat([image, deconvolved.to(image.dtype)], 1))
-        return Parts(latent, raw_kernel, kernel, balance, deconvolved, deconvolved + correction.float())
+    def __init__(self) -> None:
+        super().__init__()
+        self.refine = UNet(3 + 3 * len(WIENER_BALANCES), 3, 16, (1, 1, 2, 4), 4, (1, 1, 1, 1))
+
+    def correct(self, image: torch.Tensor, deconvolved: torch.Tensor) -> torch.Tensor:
+        """Step 3 alone, for training on crops whose deconvolutions were made on a larger area."""
+        detail = DETAIL_GAIN * (deconvolved - image.repeat(1, len(WIENER_BALANCES), 1, 1))
+        return image + self.refine(torch.cat([image, detail], 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.parts(image).restored
+        kernels = kernel.estimate(image.mean(1, keepdim=True))
+        return self.correct(image, deconvolve(image, kernels))
 
 
-def from_state(state: dict[str, torch.Tensor]) -> nn.Module:
-    """The deblurring network whose weights these are (the shipped DeblurNet or a WienerDeblurNet), loaded."""
-    net = WienerDeblurNet() if any(key.startswith("refine.") for key in state) else DeblurNet()
+def from_state(state: dict[str, torch.Tensor]) -> DeblurNet | KernelDeblurNet:
+    """The deblurring net whose weights these are (the shipped DeblurNet or a KernelDeblurNet), loaded."""
+    net = KernelDeblurNet() if any(key.startswith("refine.") for key in state) else DeblurNet()
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval()

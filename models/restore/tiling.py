@@ -11,11 +11,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 MIN_SIDE = 64  # above any network's padding multiple, with some context for a 2048x1 strip
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a net wants photos cut: tile side, overlap between tiles, tiles per forward pass."""
+
+    tile: int
+    overlap: int
+    batch: int
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from models import images
 from models.jobs import File, Job, Result
 from models.restore.net import from_state
-from models.restore.tiling import restore_tiled
+from models.restore.tiling import MIN_SIDE, restore_tiled
 from models.options import Option
 from models.tasks.base import Plan, RunContext, StateDict, Task, image_input, to_image, to_tensor
 from models.weights import DEBLUR
@@ -85,14 +85,14 @@ class Fix(Task):
         return Item(to_tensor(photo), STRENGTH.read(job.options))
 
     def run(self, net: torch.nn.Module, items: list[Item], ctx: RunContext) -> list[torch.Tensor]:
-        tile = 512 if ctx.device.type == "cuda" else 256
-        batch = 16 if ctx.device.type == "cuda" else 4
+        cut = net.tiling["cuda" if ctx.device.type == "cuda" else "cpu"]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             return net(ctx.tensor(x))  # full precision: the residual is finer than bf16 can hold
 
-        return restore_tiled(forward, [i.photo for i in items], tile=max(64, tile >> ctx.shrink), overlap=32,
-                             batch=max(1, batch >> ctx.shrink), progress=ctx.progress, wanted=ctx.wanted)
+        return restore_tiled(forward, [i.photo for i in items], tile=max(MIN_SIDE, cut.tile >> ctx.shrink),
+                             overlap=cut.overlap, batch=max(1, cut.batch >> ctx.shrink), progress=ctx.progress,
+                             wanted=ctx.wanted)
 
     def finish(self, job: Job, item: Item, output: torch.Tensor) -> Result:
         restored = output.lerp_(item.photo, 1 - item.strength)  # in place: a 40 MP copy is 475 MB
