@@ -270,6 +270,18 @@ def tremor_kernel(rng: np.random.Generator, length: float) -> np.ndarray:
     return splat_trajectories(*shake_tremor(rng, 1), np.array([length]), _odd_size(2 * length))[0]
 
 
+def named_kernel(kind: str, size: float, rng: np.random.Generator) -> np.ndarray:
+    """The benchmark's kernels by name: "motion" or "tremor" shake `size` px long (drawn from rng),
+    a "defocus" disk of radius `size`, or a "gaussian" of sigma `size`."""
+    if kind == "motion":
+        return motion_kernel(rng, size)
+    if kind == "tremor":
+        return tremor_kernel(rng, size)
+    if kind == "defocus":
+        return disk_kernel(size)
+    return gaussian_kernel(size)
+
+
 TRAINING_SHAKE = (shake_boracchi, shake_velocity_walk, shake_straight, shake_curved, shake_zigzag)
 
 

@@ -32,7 +32,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,9 @@ from skimage.restoration import richardson_lucy, wiener
 
 from models import weights
 from models.restore import photos
-from models.restore.degrade import blur, disk_kernel, gaussian_kernel, motion_kernel, tremor_kernel
+from models.restore.degrade import blur, named_kernel
 from models.restore.net import from_state
-from models.restore.tiling import restore_tiled
+from models.restore.tiling import Tiling, restore_tiled
 
 SEED = 2024
 NOISE_SIGMA = 0.01
@@ -114,14 +114,7 @@ def degrade(sharp: np.ndarray, condition: Condition, image_index: int, seed: int
     so a run on a subset of images or conditions sees exactly the cases of the full run.
     """
     rng = np.random.default_rng([seed, image_index, zlib.crc32(condition.name.encode())])
-    if condition.kind == "motion":
-        kernel = motion_kernel(rng, condition.size)
-    elif condition.kind == "tremor":
-        kernel = tremor_kernel(rng, condition.size)
-    elif condition.kind == "defocus":
-        kernel = disk_kernel(condition.size)
-    else:
-        kernel = gaussian_kernel(condition.size)
+    kernel = named_kernel(condition.kind, condition.size, rng)
     blurred = blur(torch.from_numpy(sharp).permute(2, 0, 1)[None], kernel, padding="reflect")[0].permute(1, 2, 0).numpy()
     noisy = blurred + NOISE_SIGMA * rng.standard_normal(blurred.shape, dtype=np.float32)
     return kernel, np.clip(noisy, 0, 1).astype(np.float32)
@@ -261,7 +254,8 @@ def machine() -> dict[str, Any]:
             "numpy": np.__version__, "scikit_image": skimage.__version__}
 
 
-def benchmark_settings(images: dict[str, np.ndarray], conditions: tuple[Condition, ...], seed: int) -> dict[str, Any]:
+def benchmark_settings(images: dict[str, np.ndarray], conditions: tuple[Condition, ...], seed: int,
+                       tiling: Tiling) -> dict[str, Any]:
     """Everything needed to reproduce the numbers, and the caveats that go with them."""
     return {
         "images": {name: list(image.shape[:2]) for name, image in images.items()},
@@ -270,8 +264,7 @@ def benchmark_settings(images: dict[str, np.ndarray], conditions: tuple[Conditio
         "rng": "numpy default_rng([seed, image index, crc32(condition name)]) draws the motion kernel, then the noise",
         "score_region": f"interior: border of kernel radius + {BORDER_EXTRA} px cropped, same for every method",
         "psnr_cap_db": PSNR_CAP_DB,
-        "tiling": "each net's CPU tiling, as /fix runs it (models/restore/net.py: DeblurNet 256 px tiles, 32 px "
-                  "overlap; KernelDeblurNet 512 px, 64 px)",
+        "tiling": asdict(tiling),
         "grids": {"unsharp_radius_amount": [list(g) for g in UNSHARP_GRID], "wiener_balance": list(WIENER_BALANCES),
                   "richardson_lucy_num_iter": list(RL_ITERATIONS)},
         "oracle_tuning": "unsharp, wiener and richardson_lucy are oracle-tuned: per image and condition they keep "
@@ -300,7 +293,7 @@ def evaluate(images: dict[str, np.ndarray], net: torch.nn.Module, conditions: tu
     names = [m.name for m in chosen]
     seen = {c.name for c in conditions}
     report = {"benchmark": "models.restore.evaluate", "machine": machine(),
-              "settings": benchmark_settings(images, conditions, seed), "methods": {m.name: m.family for m in chosen},
+              "settings": benchmark_settings(images, conditions, seed, net.tiling["cpu"]), "methods": {m.name: m.family for m in chosen},
               **aggregate([r for r in rows if r["condition"] in seen], conditions, names)}
     if unseen:
         report["settings"]["unseen_conditions"] = [{"name": c.name, "kind": c.kind, "size_px": c.size} for c in unseen]

@@ -43,8 +43,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from models.restore import kernel, photos
-from models.restore.degrade import disk_kernel, gaussian_kernel, motion_kernel, on_grid, sample_training_kernels
-from models.restore.degrade import shake_tremor, splat_trajectories
+from models.restore.degrade import named_kernel, on_grid, sample_training_kernels
 from models.restore.fourier import KERNEL_SIZE, fast_size, kernel_spectrum
 from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve
 from models.weights import save_half
@@ -70,7 +69,8 @@ class Recipe:
 
 
 PRINT_SECONDS, VALIDATE_SECONDS, CHECKPOINT_SECONDS = 30.0, 300.0, 300.0
-VALIDATION_KINDS = ("motion", "defocus", "gaussian", "tremor")
+VALIDATION = (("motion", 12.0), ("defocus", 3.0), ("gaussian", 2.0), ("tremor", 15.0))  # kinds of `named_kernel`
+VALIDATION_KINDS = tuple(kind for kind, _ in VALIDATION)
 
 
 def blur_valid(sharp: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
@@ -170,15 +170,8 @@ def validation_regions(images: dict[str, np.ndarray], r: Recipe, workers: int, s
     full = min(r.region + KERNEL_SIZE - 1, *(min(a.shape[:2]) for a in images.values()))
     jobs, kinds = [], []
     for array in images.values():
-        for kind in VALIDATION_KINDS:
-            if kind == "motion":
-                true_kernel = on_grid(motion_kernel(rng, 12.0), KERNEL_SIZE)
-            elif kind == "defocus":
-                true_kernel = on_grid(disk_kernel(3.0), KERNEL_SIZE)
-            elif kind == "gaussian":
-                true_kernel = on_grid(gaussian_kernel(2.0), KERNEL_SIZE)
-            else:
-                true_kernel = splat_trajectories(*shake_tremor(rng, 1), np.array([15.0]), KERNEL_SIZE)[0]
+        for kind, size in VALIDATION:
+            true_kernel = on_grid(named_kernel(kind, size, rng), KERNEL_SIZE)
             top, left = int(rng.integers(0, array.shape[0] - full + 1)), int(rng.integers(0, array.shape[1] - full + 1))
             jobs.append((np.ascontiguousarray(array[top:top + full, left:left + full]), true_kernel, 0.01, seed + len(jobs)))
             kinds.append(kind)
