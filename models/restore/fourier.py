@@ -67,14 +67,17 @@ def wiener(blurred: torch.Tensor, kernel: torch.Tensor, balance: torch.Tensor, p
 
     X = conj(K) Y / (|K|^2 + balance |D|^2): the Wiener filter for a 1/|w|^2 image spectrum, where
     `balance` is the noise-to-signal ratio. The image is taper-padded (see `taper_pad`) and cropped back.
+    With B balances per image, (N, B), the result is (N, B * C, H, W), one deconvolution per balance
+    in turn, from one transform of the image.
     """
     with torch.autocast(blurred.device.type, enabled=False):
         h, w = blurred.shape[-2:]
         pad_h, pad_w = fast_size(h + 2 * pad) - h, fast_size(w + 2 * pad) - w
         y = taper_pad(blurred.float(), pad_h // 2, pad_w // 2, pad_h - pad_h // 2, pad_w - pad_w // 2)
         h, w = y.shape[-2:]
-        otf = kernel_spectrum(kernel.float(), h, w)[:, None]
+        otf = kernel_spectrum(kernel.float(), h, w)[:, None, None]  # (N, 1, 1, h, w')
+        weights = balance.float().reshape(len(blurred), -1)[:, :, None, None, None]  # (N, B, 1, 1, 1)
         prior = gradient_prior(h, w, y.device)
-        spectrum = torch.fft.rfft2(y) * otf.conj() / (otf.abs() ** 2 + balance.float()[:, None, None, None] * prior + 1e-8)
-        return torch.fft.irfft2(spectrum, s=(h, w))[..., pad_h // 2:pad_h // 2 + blurred.shape[-2],
-                                                     pad_w // 2:pad_w // 2 + blurred.shape[-1]]
+        spectrum = torch.fft.rfft2(y)[:, None] * otf.conj() / (otf.abs() ** 2 + weights * prior + 1e-8)
+        return torch.fft.irfft2(spectrum.flatten(1, 2), s=(h, w))[..., pad_h // 2:pad_h // 2 + blurred.shape[-2],
+                                                                  pad_w // 2:pad_w // 2 + blurred.shape[-1]]

@@ -120,9 +120,8 @@ DETAIL_GAIN = 10.0  # what the deconvolutions add to the blurred image is small:
 
 def deconvolve(image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Each NCHW image Wiener-deconvolved by its own kernel at each of WIENER_BALANCES: (N, 3 * 2, H, W)."""
-    n = image.shape[0]
-    outputs = [fourier.wiener(image, kernels, torch.full((n,), b, device=image.device)) for b in WIENER_BALANCES]
-    return torch.cat(outputs, 1).clamp(-0.25, 1.25).to(image.dtype)
+    balances = torch.tensor(WIENER_BALANCES, device=image.device).expand(len(image), -1)
+    return fourier.wiener(image, kernels, balances).clamp(-0.25, 1.25).to(image.dtype)
 
 
 class KernelDeblurNet(nn.Module):
