@@ -155,8 +155,13 @@ class KernelDeblurNet(nn.Module):
         return self.correct(image, deconvolve(image, kernels))
 
 
+def is_kernel_net(state: dict[str, torch.Tensor]) -> bool:
+    """Whether these weights are a KernelDeblurNet's (else DeblurNet's)."""
+    return any(key.startswith("refine.") for key in state)
+
+
 def from_state(state: dict[str, torch.Tensor]) -> DeblurNet | KernelDeblurNet:
     """The deblurring net whose weights these are (the shipped DeblurNet or a KernelDeblurNet), loaded."""
-    net = KernelDeblurNet() if any(key.startswith("refine.") for key in state) else DeblurNet()
+    net = KernelDeblurNet() if is_kernel_net(state) else DeblurNet()
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval()

@@ -12,7 +12,8 @@ Two stages:
    region deconvolved with it (`net.deconvolve`). This is the slow, CPU-bound part; it runs in
    `--workers` processes and is cached beside the data, keyed by seed and count.
 2. **Fine-tuning.** The U-Net starts from the shipped DeblurNet's weights (`--init`; its first
-   layer widened with zeros for the deconvolutions, so step 0 is exactly that net) and learns,
+   layer widened with zeros for the deconvolutions, so step 0 is exactly that net), or from an
+   earlier run's KernelDeblurNet weights to train on (with another --seed, on new regions), and learns,
    on random crops of the regions, to turn blurred + deconvolved into sharp (L1, EMA weights).
 
 It stops at whichever of --steps / --minutes comes first and writes exactly three files to DIR:
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import multiprocessing
@@ -45,7 +47,7 @@ from torch.nn import functional as F
 from models.restore import kernel, photos
 from models.restore.degrade import named_kernel, on_grid, sample_training_kernels
 from models.restore.fourier import KERNEL_SIZE, fast_size, kernel_spectrum
-from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve
+from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve, is_kernel_net
 from models.weights import save_half
 
 
@@ -236,13 +238,17 @@ def learning_rate(progress: float, step: int, r: Recipe) -> float:
     return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def initial_state(shipped: Path | None) -> dict[str, torch.Tensor]:
-    """DeblurNet's weights as KernelDeblurNet's refinement, its first layer widened with zeros: the
-    extra inputs start ignored, so the fine-tuning starts from that net exactly."""
+def initial_state(init: Path | None) -> dict[str, torch.Tensor]:
+    """Where fine-tuning starts: an earlier run's KernelDeblurNet weights as they are, or DeblurNet's
+    as the refinement with its first layer widened with zeros (the extra inputs start ignored, so
+    the fine-tuning starts from that net exactly)."""
     net = KernelDeblurNet()
-    if shipped is None:
+    if init is None:
         return net.state_dict()
-    state = {f"refine.{k}": v.float() for k, v in load_file(str(shipped)).items()}
+    saved = {k: v.float() for k, v in load_file(str(init)).items()}
+    if is_kernel_net(saved):
+        return saved
+    state = {f"refine.{k}": v for k, v in saved.items()}
     intro = state["refine.intro.weight"]
     state["refine.intro.weight"] = F.pad(intro, (0, 0, 0, 0, 0, net.refine.intro.in_channels - intro.shape[1]))
     return state
@@ -331,7 +337,10 @@ def write_outputs(out: Path, ema: KernelDeblurNet, rows: list[dict], r: Recipe, 
         "recipe": asdict(r), "seed": r.seed, "steps_reached": step, "train_seconds": round(seconds, 1),
         "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()},
         "torch": torch.__version__,
-        "init": None if init is None else {"file": str(init), "what": "the shipped DeblurNet's weights"},
+        "init": None if init is None else {
+            "file": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest(),
+            "what": "an earlier KernelDeblurNet run's weights" if is_kernel_net(load_file(str(init)))
+            else "DeblurNet's weights, first layer widened with zeros"},
         "regions": {"count": len(regions.kinds), "kinds": {k: regions.kinds.count(k) for k in sorted(set(regions.kinds))},
                     "kernel_l1_mean": round(float(np.mean(regions.kernel_l1)), 3),
                     "validation_kernel_l1": {k: round(float(np.mean([e for e, kk in zip(val.kernel_l1, val.kinds) if kk == k])), 3)
@@ -348,7 +357,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="photos packed by `python -m models.restore.photos pack`")
     parser.add_argument("--init", type=Path, default=None,
-                        help="DeblurNet weights to start from (the shipped ones: models/restore/weights/deblur.safetensors)")
+                        help="weights to start from: DeblurNet's (the shipped models/restore/weights/deblur.safetensors) "
+                             "or an earlier run's KernelDeblurNet")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--minutes", type=float, default=Recipe.minutes)
