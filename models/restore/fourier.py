@@ -62,6 +62,11 @@ def gradient_prior(h: int, w: int, device: torch.device) -> torch.Tensor:
     return 4 * torch.sin(math.pi * fy) ** 2 + 4 * torch.sin(math.pi * fx) ** 2
 
 
+def wiener_spectrum(spectrum: torch.Tensor, otf: torch.Tensor, balance: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """The Wiener filter applied to a blurred image's rfft2 (broadcasting), for callers that reuse one transform."""
+    return spectrum * otf.conj() / (otf.real ** 2 + otf.imag ** 2 + balance * prior + 1e-8)
+
+
 def wiener(blurred: torch.Tensor, kernel: torch.Tensor, balance: torch.Tensor, pad: int = 32) -> torch.Tensor:
     """Deconvolve NCHW images, each by its own kernel (N, k, k), with a gradient prior weighted by balance (N,).
 
@@ -77,7 +82,6 @@ def wiener(blurred: torch.Tensor, kernel: torch.Tensor, balance: torch.Tensor, p
         h, w = y.shape[-2:]
         otf = kernel_spectrum(kernel.float(), h, w)[:, None, None]  # (N, 1, 1, h, w')
         weights = balance.float().reshape(len(blurred), -1)[:, :, None, None, None]  # (N, B, 1, 1, 1)
-        prior = gradient_prior(h, w, y.device)
-        spectrum = torch.fft.rfft2(y)[:, None] * otf.conj() / (otf.abs() ** 2 + weights * prior + 1e-8)
+        spectrum = wiener_spectrum(torch.fft.rfft2(y)[:, None], otf, weights, gradient_prior(h, w, y.device))
         return torch.fft.irfft2(spectrum.flatten(1, 2), s=(h, w))[..., pad_h // 2:pad_h // 2 + blurred.shape[-2],
                                                                   pad_w // 2:pad_w // 2 + blurred.shape[-1]]
