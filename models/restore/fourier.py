@@ -48,6 +48,13 @@ def taper_pad(x: torch.Tensor, top: int, left: int, bottom: int, right: int) -> 
     return mean + (padded - mean) * window
 
 
+def pad_for_fft(x: torch.Tensor, margin: int) -> tuple[torch.Tensor, int, int]:
+    """x taper-padded by at least `margin` on every side, up to a fast FFT size: (padded, top, left)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = fast_size(h + 2 * margin) - h, fast_size(w + 2 * margin) - w
+    return taper_pad(x, pad_h // 2, pad_w // 2, pad_h - pad_h // 2, pad_w - pad_w // 2), pad_h // 2, pad_w // 2
+
+
 def kernel_spectrum(kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """rfft2 of (N, k, k) centred kernels on an h x w grid (the centre moved to pixel 0): (N, h, w//2+1)."""
     k = kernel.shape[-1]
@@ -76,12 +83,10 @@ def wiener(blurred: torch.Tensor, kernel: torch.Tensor, balance: torch.Tensor, p
     in turn, from one transform of the image.
     """
     with torch.autocast(blurred.device.type, enabled=False):
-        h, w = blurred.shape[-2:]
-        pad_h, pad_w = fast_size(h + 2 * pad) - h, fast_size(w + 2 * pad) - w
-        y = taper_pad(blurred.float(), pad_h // 2, pad_w // 2, pad_h - pad_h // 2, pad_w - pad_w // 2)
+        y, top, left = pad_for_fft(blurred.float(), pad)
         h, w = y.shape[-2:]
         otf = kernel_spectrum(kernel.float(), h, w)[:, None, None]  # (N, 1, 1, h, w')
         weights = balance.float().reshape(len(blurred), -1)[:, :, None, None, None]  # (N, B, 1, 1, 1)
         spectrum = wiener_spectrum(torch.fft.rfft2(y)[:, None], otf, weights, gradient_prior(h, w, y.device))
-        return torch.fft.irfft2(spectrum.flatten(1, 2), s=(h, w))[..., pad_h // 2:pad_h // 2 + blurred.shape[-2],
-                                                                  pad_w // 2:pad_w // 2 + blurred.shape[-1]]
+        return torch.fft.irfft2(spectrum.flatten(1, 2), s=(h, w))[..., top:top + blurred.shape[-2],
+                                                                  left:left + blurred.shape[-1]]

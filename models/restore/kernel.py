@@ -69,6 +69,7 @@ class _Scale:
 
     spectrum: torch.Tensor  # rfft2 of the taper-padded blurred image, (N, 1, h, w // 2 + 1)
     gradients: tuple[torch.Tensor, torch.Tensor]  # rfft2 of its x and y differences
+    prior: torch.Tensor  # the Wiener filter's gradient prior on this grid
     height: int
     width: int
 
@@ -77,7 +78,7 @@ class _Scale:
         h, w = blurred.shape[-2:]
         spectrum = torch.fft.rfft2(blurred)
         dx, dy = _difference_spectra(h, w, blurred.device)
-        return cls(spectrum, (spectrum * dx, spectrum * dy), h, w)
+        return cls(spectrum, (spectrum * dx, spectrum * dy), fourier.gradient_prior(h, w, blurred.device), h, w)
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +106,7 @@ def _strong_edges(scale: _Scale, kernel: torch.Tensor, s: Search, keep: float) -
     """Gradients of the predicted sharp image, zero except at the `keep` share of strongest ones."""
     h, w = scale.height, scale.width
     otf = fourier.kernel_spectrum(kernel, h, w)[:, None]
-    prior = fourier.gradient_prior(h, w, kernel.device)
-    latent = torch.fft.irfft2(fourier.wiener_spectrum(scale.spectrum, otf, s.balance, prior), s=(h, w))
+    latent = torch.fft.irfft2(fourier.wiener_spectrum(scale.spectrum, otf, s.balance, scale.prior), s=(h, w))
     gx, gy = _gradients(_shock(_smooth(latent)))
     magnitude = torch.sqrt(gx ** 2 + gy ** 2)
     threshold = torch.quantile(magnitude.flatten(1)[:, ::7], 1 - keep, dim=1).view(-1, 1, 1, 1)  # a sample suffices
@@ -186,6 +186,13 @@ def centre_exactly(k: torch.Tensor) -> torch.Tensor:
     return shifted / shifted.sum((-2, -1), keepdim=True)  # the crop drops a faint ripple: brightness stays
 
 
+def _points(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """n kernels of "no blur": all weight on the middle pixel, (n, size, size)."""
+    point = torch.zeros(n, size, size, device=device)
+    point[:, size // 2, size // 2] = 1
+    return point
+
+
 def _normalised_sparsity(x: torch.Tensor) -> torch.Tensor:
     """L1 / L2 of each image's gradients, inside a 16 px border: lower for sharp images, higher for
     blurred ones and for ringing and noise (Krishnan, Tay and Fergus 2011)."""
@@ -206,9 +213,7 @@ def _keep_if_it_sharpens(grey: torch.Tensor, k: torch.Tensor, s: Search) -> torc
     """
     deconvolved = fourier.wiener(grey, k, torch.full((len(k),), s.check_balance, device=k.device))
     sharpens = _normalised_sparsity(deconvolved) < (1 - s.sharpens_by) * _normalised_sparsity(grey)
-    point = torch.zeros_like(k)
-    point[:, k.shape[-2] // 2, k.shape[-1] // 2] = 1
-    return torch.where(sharpens[:, None, None], k, point)
+    return torch.where(sharpens[:, None, None], k, _points(len(k), k.shape[-1], k.device))
 
 
 def _scales(s: Search) -> list[int]:
@@ -224,17 +229,14 @@ def estimate(grey: torch.Tensor, search: Search = Search()) -> torch.Tensor:
     with torch.autocast(grey.device.type, enabled=False):
         grey = grey.float()
         sizes = _scales(search)
-        kernel = torch.zeros(grey.shape[0], sizes[0], sizes[0], device=grey.device)
-        kernel[:, sizes[0] // 2, sizes[0] // 2] = 1  # coarsest scale: start from "no blur"
+        kernel = _points(grey.shape[0], sizes[0], grey.device)  # coarsest scale: start from "no blur"
         for size in sizes:
             scaled = grey if size == search.size else F.interpolate(
                 grey, scale_factor=size / search.size, mode="bilinear", antialias=True, align_corners=False)
             if size != kernel.shape[-1]:
                 kernel = _clean(F.interpolate(_roll_to_centre(kernel)[:, None], size=(size, size), mode="bilinear",
                                               align_corners=True)[:, 0], 0.0)
-            pad_h, pad_w = fourier.fast_size(scaled.shape[-2] + 2 * size), fourier.fast_size(scaled.shape[-1] + 2 * size)
-            pad_h, pad_w = pad_h - scaled.shape[-2], pad_w - scaled.shape[-1]
-            scale = _Scale.of(fourier.taper_pad(scaled, pad_h // 2, pad_w // 2, pad_h - pad_h // 2, pad_w - pad_w // 2))
+            scale = _Scale.of(fourier.pad_for_fft(scaled, size)[0])
             keep = search.keep
             for _ in range(search.rounds):
                 kernel = _clean(_solve(_strong_edges(scale, kernel, search, keep), scale, kernel, search), search.floor)

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
@@ -321,6 +322,14 @@ def train(r: Recipe, data: Path, init: Path | None, out: Path, device: torch.dev
     write_outputs(out, ema, rows, r, data, init, regions, val, device, step, time.time() - t0)
 
 
+def _init_record(init: Path) -> dict[str, str]:
+    """Which weights training started from, read once for both the hash and the architecture."""
+    data = init.read_bytes()
+    return {"file": str(init), "sha256": hashlib.sha256(data).hexdigest(),
+            "what": "an earlier KernelDeblurNet run's weights" if is_kernel_net(load_safetensors(data))
+            else "DeblurNet's weights, first layer widened with zeros"}
+
+
 def write_outputs(out: Path, ema: KernelDeblurNet, rows: list[dict], r: Recipe, data: Path, init: Path | None,
                   regions: Regions, val: Regions, device: torch.device, step: int, seconds: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -337,10 +346,7 @@ def write_outputs(out: Path, ema: KernelDeblurNet, rows: list[dict], r: Recipe, 
         "recipe": asdict(r), "seed": r.seed, "steps_reached": step, "train_seconds": round(seconds, 1),
         "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()},
         "torch": torch.__version__,
-        "init": None if init is None else {
-            "file": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest(),
-            "what": "an earlier KernelDeblurNet run's weights" if is_kernel_net(load_file(str(init)))
-            else "DeblurNet's weights, first layer widened with zeros"},
+        "init": None if init is None else _init_record(init),
         "regions": {"count": len(regions.kinds), "kinds": {k: regions.kinds.count(k) for k in sorted(set(regions.kinds))},
                     "kernel_l1_mean": round(float(np.mean(regions.kernel_l1)), 3),
                     "validation_kernel_l1": {k: round(float(np.mean([e for e, kk in zip(val.kernel_l1, val.kinds) if kk == k])), 3)
