@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from conftest import photo_array
 from models import samples
 from models.restore import degrade, fourier, kernel, kernel_bench, photos, train
 from models.restore import evaluate as ev
-from models.restore.net import DeblurNet, KernelDeblurNet
+from models.restore.net import DeblurNet, KernelDeblurNet, UNet
 from models.restore.tiling import restore_tiled
 from models.weights import save_half
 
@@ -146,6 +147,23 @@ def test_fine_tuning_starts_from_the_shipped_net_exactly(tmp_path):
     image, deconvolved = torch.rand(2, 3, 64, 64), torch.rand(2, 6, 64, 64)
     with torch.no_grad():
         assert torch.allclose(net.correct(image, deconvolved), shipped(image), atol=1e-5)
+
+
+def test_fine_tuning_from_a_run_with_fewer_middle_blocks_starts_from_it_exactly(tmp_path):
+    """The second run's weights had four middle blocks; the ones added since start as identities."""
+    torch.manual_seed(4)
+    earlier = KernelDeblurNet()
+    earlier.refine = UNet(9, 3, 16, (1, 1, 2, 4), 4, (1, 1, 1, 1))
+    for p in earlier.parameters():
+        p.data.normal_(0, 0.05)
+    save_half(earlier, tmp_path / "deblur.safetensors")
+    earlier.load_state_dict({k: v.float() for k, v in load_file(str(tmp_path / "deblur.safetensors")).items()})
+    net = KernelDeblurNet()
+    assert len(net.refine.middle) > len(earlier.refine.middle)
+    net.load_state_dict(train.initial_state(tmp_path / "deblur.safetensors"))
+    image, deconvolved = torch.rand(2, 3, 64, 64), torch.rand(2, 6, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net.correct(image, deconvolved), earlier.correct(image, deconvolved), atol=1e-5)
 
 
 def test_evaluate_loads_either_architecture(tmp_path):

@@ -240,19 +240,22 @@ def learning_rate(progress: float, step: int, r: Recipe) -> float:
 
 
 def initial_state(init: Path | None) -> dict[str, torch.Tensor]:
-    """Where fine-tuning starts: an earlier run's KernelDeblurNet weights as they are, or DeblurNet's
-    as the refinement with its first layer widened with zeros (the extra inputs start ignored, so
-    the fine-tuning starts from that net exactly)."""
-    net = KernelDeblurNet()
+    """Where fine-tuning starts: an earlier run's KernelDeblurNet weights, or DeblurNet's as the
+    refinement with its first layer widened with zeros (the extra inputs start ignored). Middle
+    blocks the saved net lacks start as identities (a NAFBlock's residual scales start at zero), so
+    either way step 0 is exactly the saved net."""
+    state = KernelDeblurNet().state_dict()
     if init is None:
-        return net.state_dict()
+        return state
     saved = {k: v.float() for k, v in load_file(str(init)).items()}
-    if is_kernel_net(saved):
-        return saved
-    state = {f"refine.{k}": v for k, v in saved.items()}
-    intro = state["refine.intro.weight"]
-    state["refine.intro.weight"] = F.pad(intro, (0, 0, 0, 0, 0, net.refine.intro.in_channels - intro.shape[1]))
-    return state
+    if not is_kernel_net(saved):
+        saved = {f"refine.{k}": v for k, v in saved.items()}
+        intro = saved["refine.intro.weight"]
+        saved["refine.intro.weight"] = F.pad(intro, (0, 0, 0, 0, 0, state["refine.intro.weight"].shape[1] - intro.shape[1]))
+    unknown = saved.keys() - state.keys()
+    if unknown:
+        raise ValueError(f"{init} is not a deblurring net's weights: {sorted(unknown)[:3]}")
+    return {**state, **saved}
 
 
 def train(r: Recipe, data: Path, init: Path | None, out: Path, device: torch.device, workers: int,
