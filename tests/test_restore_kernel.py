@@ -15,7 +15,7 @@ from conftest import photo_array
 from models import samples
 from models.restore import degrade, fourier, kernel, kernel_bench, photos, train
 from models.restore import evaluate as ev
-from models.restore.net import DeblurNet, KernelDeblurNet, UNet
+from models.restore.net import DeblurNet, KernelDeblurNet, UNet, from_state
 from models.restore.tiling import restore_tiled
 from models.weights import save_half
 
@@ -149,8 +149,8 @@ def test_fine_tuning_starts_from_the_shipped_net_exactly(tmp_path):
         assert torch.allclose(net.correct(image, deconvolved), shipped(image), atol=1e-5)
 
 
-def test_fine_tuning_from_a_run_with_fewer_middle_blocks_starts_from_it_exactly(tmp_path):
-    """The second run's weights had four middle blocks; the ones added since start as identities."""
+def test_a_run_with_fewer_middle_blocks_loads_and_fine_tunes_exactly_as_it_was(tmp_path):
+    """The first two runs' weights had four middle blocks; the ones added since start as identities."""
     torch.manual_seed(4)
     earlier = KernelDeblurNet()
     earlier.refine = UNet(9, 3, 16, (1, 1, 2, 4), 4, (1, 1, 1, 1))
@@ -161,9 +161,19 @@ def test_fine_tuning_from_a_run_with_fewer_middle_blocks_starts_from_it_exactly(
     net = KernelDeblurNet()
     assert len(net.refine.middle) > len(earlier.refine.middle)
     net.load_state_dict(train.initial_state(tmp_path / "deblur.safetensors"))
+    loaded = ev.load_net(tmp_path / "deblur.safetensors")
     image, deconvolved = torch.rand(2, 3, 64, 64), torch.rand(2, 6, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(net.correct(image, deconvolved), earlier.correct(image, deconvolved), atol=1e-5)
+        expected = earlier.correct(image, deconvolved)
+        assert torch.allclose(net.correct(image, deconvolved), expected, atol=1e-5)
+        assert torch.allclose(loaded.correct(image, deconvolved), expected, atol=1e-5)
+
+
+def test_weights_missing_more_than_middle_blocks_are_refused(tmp_path):
+    state = KernelDeblurNet().state_dict()
+    del state["refine.intro.weight"]
+    with pytest.raises(ValueError, match="missing"):
+        from_state(state)
 
 
 def test_evaluate_loads_either_architecture(tmp_path):

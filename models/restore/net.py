@@ -163,7 +163,20 @@ def is_kernel_net(state: dict[str, torch.Tensor]) -> bool:
 
 
 def from_state(state: dict[str, torch.Tensor]) -> DeblurNet | KernelDeblurNet:
-    """The deblurring net whose weights these are (the shipped DeblurNet or a KernelDeblurNet), loaded."""
-    net = KernelDeblurNet() if is_kernel_net(state) else DeblurNet()
-    net.load_state_dict({k: v.float() for k, v in state.items()})
+    """The deblurring net whose weights these are (the shipped DeblurNet or a KernelDeblurNet), loaded.
+
+    A KernelDeblurNet saved with fewer middle blocks (the first two runs had four) gets the others
+    as identities (a NAFBlock's residual scales start at zero), so it computes exactly what it did.
+    """
+    state = {k: v.float() for k, v in state.items()}
+    if not is_kernel_net(state):
+        net = DeblurNet()
+        net.load_state_dict(state)
+        return net.eval()
+    net = KernelDeblurNet()
+    fresh = net.state_dict()
+    missing, unknown = fresh.keys() - state.keys(), state.keys() - fresh.keys()
+    if unknown or any(not key.startswith("refine.middle.") for key in missing):
+        raise ValueError(f"not KernelDeblurNet weights: unknown {sorted(unknown)[:3]}, missing {sorted(missing)[:3]}")
+    net.load_state_dict({**fresh, **state})
     return net.eval()

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from models.restore import kernel, photos
 from models.restore.degrade import named_kernel, on_grid, sample_training_kernels
 from models.restore.fourier import KERNEL_SIZE, fast_size, kernel_spectrum
-from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve, is_kernel_net
+from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve, from_state, is_kernel_net
 from models.weights import save_half
 
 
@@ -240,22 +240,18 @@ def learning_rate(progress: float, step: int, r: Recipe) -> float:
 
 
 def initial_state(init: Path | None) -> dict[str, torch.Tensor]:
-    """Where fine-tuning starts: an earlier run's KernelDeblurNet weights, or DeblurNet's as the
-    refinement with its first layer widened with zeros (the extra inputs start ignored). Middle
-    blocks the saved net lacks start as identities (a NAFBlock's residual scales start at zero), so
-    either way step 0 is exactly the saved net."""
-    state = KernelDeblurNet().state_dict()
+    """Where fine-tuning starts: an earlier run's KernelDeblurNet weights (`from_state` adds the
+    middle blocks they lack, as identities), or DeblurNet's as the refinement with its first layer
+    widened with zeros (the extra inputs start ignored). Either way step 0 is exactly the saved net."""
     if init is None:
-        return state
-    saved = {k: v.float() for k, v in load_file(str(init)).items()}
+        return KernelDeblurNet().state_dict()
+    saved = load_file(str(init))
     if not is_kernel_net(saved):
-        saved = {f"refine.{k}": v for k, v in saved.items()}
+        saved = {f"refine.{k}": v.float() for k, v in saved.items()}
         intro = saved["refine.intro.weight"]
-        saved["refine.intro.weight"] = F.pad(intro, (0, 0, 0, 0, 0, state["refine.intro.weight"].shape[1] - intro.shape[1]))
-    unknown = saved.keys() - state.keys()
-    if unknown:
-        raise ValueError(f"{init} is not a deblurring net's weights: {sorted(unknown)[:3]}")
-    return {**state, **saved}
+        inputs = 3 + 3 * len(WIENER_BALANCES)
+        saved["refine.intro.weight"] = F.pad(intro, (0, 0, 0, 0, 0, inputs - intro.shape[1]))
+    return from_state(saved).state_dict()
 
 
 def train(r: Recipe, data: Path, init: Path | None, out: Path, device: torch.device, workers: int,
