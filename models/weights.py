@@ -74,7 +74,8 @@ GAN_FACES = WeightsSpec(
     GAN_WHEEL, ("gan_face_generate/weights.tar",), "models.gan.dcgan:convert_checkpoint",
 )
 DEBLUR = WeightsSpec(
-    "deblur", "DeblurNet, NAFNet-style U-Net trained by Easel (models/restore/train.py)",
+    "deblur", "KernelDeblurNet: blur estimate, Wiener deconvolution, NAFNet-style refinement U-Net, "
+    "trained by Easel (models/restore/train.py)",
     "MIT", "trained from scratch on Debian wallpaper photographs and scikit-image samples",
     None, repo_file="restore/weights/deblur.safetensors",
 )

@@ -19,7 +19,9 @@ from bot.controls import ALREADY_OVER, NOT_YOURS_CANCEL, NOT_YOURS_DELETE
 from bot.sandbox.demo import start_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from models.pool.local import CANCELLED
+from models.restore.net import KernelDeblurNet
 from models.restore.tiling import _starts
+from conftest import png_bytes
 from test_bot import _hold_prepare, one_public_result, only_one_sentence, photo, sandbox_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -72,9 +74,10 @@ async def test_cancel_while_running_stops_a_tiled_fix_and_spares_its_batch_mate(
     """Two /fix jobs share a batch; the first is cancelled while its first tiles are on the device.
     Its remaining tiles are skipped, the second's all run, and its photo is the one it gets alone."""
     emulator, bot = sandbox
-    picture = photo("coffee", 512)
-    width, height = Image.open(io.BytesIO(picture)).size
-    tiles_per_photo = len(_starts(width, 256, 32)) * len(_starts(height, 256, 32))
+    width, height = 1200, 800  # six of the net's 512 px CPU tiles
+    picture = png_bytes(Image.open(io.BytesIO(photo("coffee"))).resize((width, height)))
+    cut = KernelDeblurNet.tiling["cpu"]
+    tiles_per_photo = len(_starts(width, cut.tile, cut.overlap)) * len(_starts(height, cut.tile, cut.overlap))
     fix, loop = bot.pool.tasks["fix"], asyncio.get_running_loop()
     seen: list[int] = []  # tiles per forward call of the real network
     in_first, go_on = asyncio.Event(), asyncio.Event()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from models.restore import evaluate as ev
 from models.restore.degrade import blur
-from models.restore.net import DeblurNet
+from models.restore.net import KernelDeblurNet
 from models.weights import save_half
 
 DELTA = np.pad(np.ones((1, 1), np.float32), 1)
@@ -101,7 +101,7 @@ def test_every_method_is_scored_on_the_same_interior():
 def tiny_report() -> dict:
     torch.manual_seed(0)
     images = {"blocks": textured_image(80, 96)}
-    return ev.evaluate(images, DeblurNet(), conditions=(ev.Condition("gaussian", 1.5),),
+    return ev.evaluate(images, KernelDeblurNet(), conditions=(ev.Condition("gaussian", 1.5),),
                        unseen=(ev.Condition("tremor", 9),))
 
 
@@ -137,7 +137,7 @@ def test_a_tiny_run_reports_every_field():
 
 def test_weights_load_from_a_checkpoint_or_safetensors(tmp_path):
     torch.manual_seed(1)
-    net = DeblurNet()
+    net = KernelDeblurNet()
     torch.save({"ema": net.state_dict(), "step": 7}, tmp_path / "checkpoint.pt")
     save_half(net, tmp_path / "deblur.safetensors")
     reference = net.state_dict()
@@ -151,7 +151,7 @@ def test_the_command_line_prints_json(tmp_path, monkeypatch, capsys):
     held_out = tmp_path / "data" / "held_out"
     held_out.mkdir(parents=True)
     Image.fromarray((textured_image(128, 160) * 255).astype(np.uint8)).save(held_out / "blocks.png")
-    torch.save({"ema": DeblurNet().state_dict()}, tmp_path / "checkpoint.pt")
+    torch.save({"ema": KernelDeblurNet().state_dict()}, tmp_path / "checkpoint.pt")
     monkeypatch.setattr(ev, "CONDITIONS", (ev.Condition("defocus", 2),))
     monkeypatch.setattr(ev, "UNSEEN_CONDITIONS", (ev.Condition("tremor", 9),))
     monkeypatch.setattr(sys, "argv", ["evaluate", "--weights", str(tmp_path / "checkpoint.pt"), "--data-dir",

@@ -1,7 +1,5 @@
-"""The deblurring nets, built from compact NAFNet-style U-Nets (Chen et al. 2022).
-
-DeblurNet (shipped) is one U-Net that predicts a residual. KernelDeblurNet (second generation, in
-training) estimates the blur, undoes it exactly and lets the same U-Net refine the result.
+"""/fix's deblurring net, KernelDeblurNet: it estimates the blur, undoes it exactly and lets a
+compact NAFNet-style U-Net (Chen et al. 2022) refine the result.
 
 The blocks keep NAFNet's choices that make small restoration nets train well (LayerNorm,
 SimpleGate instead of activations, learnable residual scales) but drop its channel attention:
@@ -101,18 +99,6 @@ class UNet(nn.Module):
         return self.ending(feat)[..., :h, :w]
 
 
-class DeblurNet(UNet):
-    """The first-generation net, shipped: one U-Net that predicts a residual on the RGB input (0..1)."""
-
-    tiling = {"cpu": Tiling(256, 32, 4), "cuda": Tiling(512, 32, 16)}
-
-    def __init__(self) -> None:
-        super().__init__(3, 3, 16, (1, 1, 2, 4), 4, (1, 1, 1, 1))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image + super().forward(image)
-
-
 WIENER_BALANCES = (0.01, 0.05)  # a crisp but noisy and a smooth deconvolution: the refinement takes from both
 DETAIL_GAIN = 10.0  # what the deconvolutions add to the blurred image is small: scaled, the U-Net learns to use it
 # ten times faster (its first layer's weights for it start at zero, and Adam moves weights at one rate)
@@ -134,10 +120,11 @@ class KernelDeblurNet(nn.Module):
        the kernel is wrong.
 
     One kernel per input image: /fix feeds it 512 px tiles (estimation needs area), so blur that
-    varies across a photo gets one estimate per tile, blended by the tiling. The U-Net is
-    DeblurNet's, which it is fine-tuned from (models/restore/train.py), with a first layer that
-    sees 9 channels and MIDDLE_BLOCKS in its middle instead of 4: those run at 1/16 of the
-    resolution, so on a CPU four more cost 7 % of the U-Net's time and add 1.6 M parameters.
+    varies across a photo gets one estimate per tile, blended by the tiling. The U-Net is the
+    first-generation net's (a residual U-Net on RGB alone, models/restore/deblurnet_run/), which
+    the first run was fine-tuned from, with a first layer that sees 9 channels and MIDDLE_BLOCKS
+    in its middle instead of 4: those run at 1/16 of the resolution, so on a CPU four more cost
+    7 % of the U-Net's time and add 1.6 M parameters.
     """
 
     tiling = {"cpu": Tiling(512, 64, 2), "cuda": Tiling(512, 64, 16)}
@@ -157,22 +144,13 @@ class KernelDeblurNet(nn.Module):
         return self.correct(image, deconvolve(image, kernels))
 
 
-def is_kernel_net(state: dict[str, torch.Tensor]) -> bool:
-    """Whether these weights are a KernelDeblurNet's (else DeblurNet's)."""
-    return any(key.startswith("refine.") for key in state)
+def from_state(state: dict[str, torch.Tensor]) -> KernelDeblurNet:
+    """A KernelDeblurNet with these weights, for inference.
 
-
-def from_state(state: dict[str, torch.Tensor]) -> DeblurNet | KernelDeblurNet:
-    """The deblurring net whose weights these are (the shipped DeblurNet or a KernelDeblurNet), loaded.
-
-    A KernelDeblurNet saved with fewer middle blocks (the first two runs had four) gets the others
-    as identities (a NAFBlock's residual scales start at zero), so it computes exactly what it did.
+    Weights saved with fewer middle blocks (the first two runs had four) get the others as
+    identities (a NAFBlock's residual scales start at zero), so they compute exactly what they did.
     """
     state = {k: v.float() for k, v in state.items()}
-    if not is_kernel_net(state):
-        net = DeblurNet()
-        net.load_state_dict(state)
-        return net.eval()
     net = KernelDeblurNet()
     fresh = net.state_dict()
     missing, unknown = fresh.keys() - state.keys(), state.keys() - fresh.keys()

@@ -11,10 +11,10 @@ Two stages:
    exactly as /fix handles a 512 px tile: its kernel estimated (`kernel.estimate`) and the
    region deconvolved with it (`net.deconvolve`). This is the slow, CPU-bound part; it runs in
    `--workers` processes and is cached beside the data, keyed by seed and count.
-2. **Fine-tuning.** The U-Net starts from the shipped DeblurNet's weights (`--init`; its first
-   layer widened with zeros for the deconvolutions, so step 0 is exactly that net), or from an
-   earlier run's KernelDeblurNet weights to train on (with another --seed, on new regions), and learns,
-   on random crops of the regions, to turn blurred + deconvolved into sharp (L1, EMA weights).
+2. **Fine-tuning.** The U-Net starts from the shipped weights or an earlier run's (`--init`;
+   with another --seed, it trains on new regions), and learns, on random crops of the regions,
+   to turn blurred + deconvolved into sharp (L1, EMA weights). (The first run started from the
+   first-generation net's weights, its first layer widened with zeros: commit 8f7c32c.)
 
 It stops at whichever of --steps / --minutes comes first and writes exactly three files to DIR:
 deblur.safetensors (fp16 EMA weights), training.json (recipe, seed, steps reached, time, device,
@@ -41,14 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from models.restore import kernel, photos
 from models.restore.degrade import named_kernel, on_grid, sample_training_kernels
 from models.restore.fourier import KERNEL_SIZE, fast_size, kernel_spectrum
-from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve, from_state, is_kernel_net
+from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve, from_state
 from models.weights import save_half
 
 
@@ -61,7 +60,7 @@ class Recipe:
     minutes: float = 45.0
     batch: int = 6
     crop: int = 192
-    lr: float = 3e-4  # fine-tuning: under a third of DeblurNet's
+    lr: float = 3e-4  # fine-tuning: under a third of the first-generation net's
     min_lr: float = 1e-6
     warmup: int = 50
     ema_decay: float = 0.998
@@ -240,18 +239,9 @@ def learning_rate(progress: float, step: int, r: Recipe) -> float:
 
 
 def initial_state(init: Path | None) -> dict[str, torch.Tensor]:
-    """Where fine-tuning starts: an earlier run's KernelDeblurNet weights (`from_state` adds the
-    middle blocks they lack, as identities), or DeblurNet's as the refinement with its first layer
-    widened with zeros (the extra inputs start ignored). Either way step 0 is exactly the saved net."""
-    if init is None:
-        return KernelDeblurNet().state_dict()
-    saved = load_file(str(init))
-    if not is_kernel_net(saved):
-        saved = {f"refine.{k}": v.float() for k, v in saved.items()}
-        intro = saved["refine.intro.weight"]
-        inputs = 3 + 3 * len(WIENER_BALANCES)
-        saved["refine.intro.weight"] = F.pad(intro, (0, 0, 0, 0, 0, inputs - intro.shape[1]))
-    return from_state(saved).state_dict()
+    """Where fine-tuning starts: an earlier run's weights (`from_state` adds middle blocks they lack,
+    as identities, so step 0 is exactly that net), or a fresh net."""
+    return (KernelDeblurNet() if init is None else from_state(load_file(str(init)))).state_dict()
 
 
 def train(r: Recipe, data: Path, init: Path | None, out: Path, device: torch.device, workers: int,
@@ -322,11 +312,9 @@ def train(r: Recipe, data: Path, init: Path | None, out: Path, device: torch.dev
 
 
 def _init_record(init: Path) -> dict[str, str]:
-    """Which weights training started from, read once for both the hash and the architecture."""
-    data = init.read_bytes()
-    return {"file": str(init), "sha256": hashlib.sha256(data).hexdigest(),
-            "what": "an earlier KernelDeblurNet run's weights" if is_kernel_net(load_safetensors(data))
-            else "DeblurNet's weights, first layer widened with zeros"}
+    """Which weights training started from."""
+    return {"file": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest(),
+            "what": "an earlier KernelDeblurNet run's weights"}
 
 
 def write_outputs(out: Path, ema: KernelDeblurNet, rows: list[dict], r: Recipe, data: Path, init: Path | None,
@@ -362,8 +350,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="photos packed by `python -m models.restore.photos pack`")
     parser.add_argument("--init", type=Path, default=None,
-                        help="weights to start from: DeblurNet's (the shipped models/restore/weights/deblur.safetensors) "
-                             "or an earlier run's KernelDeblurNet")
+                        help="weights to start from: the shipped models/restore/weights/deblur.safetensors "
+                             "or an earlier run's")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--minutes", type=float, default=Recipe.minutes)
