@@ -9,9 +9,22 @@ import sys
 from pathlib import Path
 
 from models.cli import add_model_commands, run_command
+from models.images import log_stream
 
 NO_TOKEN = ("Set DISCORD_TOKEN to your bot's token (Discord Developer Portal -> your application -> Bot -> "
             "Reset Token), in the environment or in a .env file where you run easel.")
+
+
+def setup_logging(level_name: str) -> logging.Handler:
+    """The bot's log on stderr at EASEL_LOG_LEVEL, through a stream that decoding never captures."""
+    import discord
+
+    level = logging.getLevelNamesMapping()[level_name]
+    handler = logging.StreamHandler(log_stream())
+    discord.utils.setup_logging(handler=handler, level=level, root=True)
+    # discord.py's DEBUG lines carry gateway payloads and REST URLs: interaction tokens, signed attachment URLs.
+    logging.getLogger("discord").setLevel(max(level, logging.INFO))
+    return handler
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -24,10 +37,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     settings = Settings.load(args.env_file)
     if not settings.token.get_secret_value():
         raise SystemExit(f"easel: {NO_TOKEN}")
-    level = logging.getLevelNamesMapping()[settings.log_level]
-    discord.utils.setup_logging(level=level, root=True)
-    # discord.py's DEBUG lines carry gateway payloads and REST URLs: interaction tokens, signed attachment URLs.
-    logging.getLogger("discord").setLevel(max(level, logging.INFO))
+    setup_logging(settings.log_level)
     try:
         asyncio.run(run(settings))
     except discord.LoginFailure:

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,11 +41,24 @@ MIN_SIDE = 16
 MAX_JPEG_SCANS = 32
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
+# A JPEG's segments (markers with a length) outside its scans: a photo has a dozen or two, a
+# progressive one with its tables about 40, an ICC profile split over APP2 segments a few more.
+MAX_JPEG_SEGMENTS = 1024
+# A PNG's chunks: libpng writes its pixel data in 8 KB IDAT chunks, so 25 MB of it is 3,200.
+# Every chunk is a step of a Python loop (ours, then Pillow's), about 5 us each.
+MAX_PNG_CHUNKS = 16_384
+# Pillow's header and chunk parsers are Python loops that call read() once per chunk, segment or
+# block, and once per byte of a JPEG's fill or junk before its first scan: the number of reads
+# bounds their time (about 1 us each) whatever the file. A 25 MB PNG in 8 KB chunks needs about
+# 10,000 reads to decode; a JPEG or WebP, a few hundred.
+MAX_READS = 100_000
+TOO_FRAGMENTED = "That image file is built from far too many tiny pieces, which would take too long to read; I won't open it."
 # Metadata chunks a decode never uses; Pillow refuses large ones (>1 MB text, >1 MB ICC) as errors.
 _PNG_METADATA = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Inside a JPEG scan, 0xFF is followed by 0x00 (a stuffed byte), a restart marker or more 0xFF fill.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_FILL = re.compile(rb"\xff+")  # any number of 0xFF fill bytes may precede a marker
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +157,15 @@ class _Quiet:
 _QUIET = _Quiet()
 
 
+def log_stream() -> TextIO:
+    """A text stream to this process's stderr that `quiet` never redirects, for log handlers.
+
+    A handler writing to fd 2 itself would have every record captured while any decode runs on
+    another thread, then re-logged at INFO as decoder chatter: at EASEL_LOG_LEVEL=WARNING even
+    errors (and the reference ids people are given) would vanish."""
+    return open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")  # open as long as its handler
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     _QUIET.enter()
@@ -153,13 +176,31 @@ def quiet() -> Iterator[None]:
         _QUIET.leave()
 
 
+class _CountedReads(io.BytesIO):
+    """The bytes as a file that refuses its MAX_READS+1st read: Pillow's parsers loop in Python
+    once per read, so this bounds their time on any crafted file (see MAX_READS)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_READS:
+            raise ImageError(TOO_FRAGMENTED)
+        return super().read(size)
+
+
 def _without_png_metadata(data: bytes) -> bytes:
     """The PNG without its text and ICC chunks, which a decode never uses: over Pillow's limits
-    they would be refused as errors, so a valid picture with a 2 MB comment would be "damaged"."""
+    they would be refused as errors, so a valid picture with a 2 MB comment would be "damaged".
+    A PNG of more than MAX_PNG_CHUNKS chunks is refused."""
     if not data.startswith(_PNG_SIGNATURE):
         return data
     kept, pos, dropped = [data[:8]], 8, False
-    while pos + 12 <= len(data):
+    for _ in range(MAX_PNG_CHUNKS):
+        if pos + 12 > len(data):
+            break
         length = int.from_bytes(data[pos:pos + 4], "big")
         kind, end = data[pos + 4:pos + 8], pos + 12 + length
         if kind in _PNG_METADATA:
@@ -169,6 +210,9 @@ def _without_png_metadata(data: bytes) -> bytes:
         pos = end
         if kind == b"IEND":
             break
+    else:
+        if pos + 12 <= len(data):
+            raise ImageError(TOO_FRAGMENTED)
     kept.append(data[pos:])
     return b"".join(kept) if dropped else data
 
@@ -176,13 +220,20 @@ def _without_png_metadata(data: bytes) -> bytes:
 def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
     """Count the scans (SOS markers) of a JPEG's first image, walking segments by their lengths
     and entropy-coded data by its markers, so an SOS inside an EXIF thumbnail is not counted.
-    Stops counting past `stop_after`; a malformed stream ends the count (Pillow then judges it)."""
-    scans, pos = 0, 2
+    Fill bytes and scan data are crossed by C-speed scans, so the walk costs one step per segment;
+    more than MAX_JPEG_SEGMENTS of them is refused. Stops counting past `stop_after`; a malformed
+    stream ends the count (Pillow then judges it)."""
+    scans, pos, segments = 0, 2, 0
     while pos + 4 <= len(data) and data[pos] == 0xFF and scans <= stop_after:
+        fill = _FILL.match(data, pos)
+        assert fill is not None  # data[pos] is 0xFF
+        pos = fill.end() - 1  # the last 0xFF of a run is the marker's own
+        if pos + 4 > len(data):
+            break
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ImageError(TOO_FRAGMENTED)
         if marker == 0xD9:  # end of image
             break
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
@@ -199,8 +250,11 @@ def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
 
 
 def _open(data: bytes) -> Image.Image:
+    """Pillow's lazy image over the bytes, through a file that bounds its parsers' work (_CountedReads)."""
     try:
-        return Image.open(io.BytesIO(_without_png_metadata(data)), formats=FORMATS)
+        return Image.open(_CountedReads(_without_png_metadata(data)), formats=FORMATS)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(f"That file is not an image I can read; send a {FORMAT_NAMES}.") from None
     except Image.DecompressionBombError:
@@ -257,6 +311,8 @@ def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
+        except ImageError:
+            raise
         except (OSError, SyntaxError, ValueError, EOFError, struct.error):
             raise ImageError("That image file is truncated or damaged and cannot be decoded.") from None
         return to_rgb(image)

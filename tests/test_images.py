@@ -103,3 +103,38 @@ def test_a_result_that_cannot_fit_the_upload_limit_is_a_sentence_for_the_person(
     assert caught.value.outcome == "too_large"
     with pytest.raises(TooLargeError, match="try fewer frames"):
         encode_animation([noise, noise], "gif", 80, 200)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def in_idat_chunks(png: bytes, size: int) -> bytes:
+    """The same PNG with its pixel data re-split into `size`-byte IDAT chunks, as libpng writes 8 KB ones."""
+    pos, head, data, tail = 8, [png[:8]], b"", []
+    while pos < len(png):
+        length, kind = int.from_bytes(png[pos:pos + 4], "big"), png[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            data += png[pos + 8:pos + 8 + length]
+        else:
+            (tail if data else head).append(png[pos:pos + 12 + length])
+        pos += 12 + length
+    return b"".join(head + [_chunk(b"IDAT", data[i:i + size]) for i in range(0, len(data), size)] + tail)
+
+
+def test_header_walks_are_bounded_whatever_the_file_and_ordinary_files_pass():
+    """Every PNG chunk, JPEG segment or GIF block is a step of a Python loop (ours or Pillow's):
+    files built of millions of them are refused at once, real ones of the largest size decode."""
+    noise = np.random.default_rng(0).integers(0, 255, (2400, 2400, 3), dtype=np.uint8)
+    big = in_idat_chunks(png_bytes(Image.fromarray(noise)), 8192)  # 17 MB in 2,100 chunks, libpng's way
+    assert decode(big).size == (2400, 2400)
+    gif = saved(Image.new("P", (64, 64), 3), "GIF")
+    start = gif.index(b"\x2c")  # the first image: a million empty comment blocks before it
+    chatty = gif[:start] + b"\x21\xfe\x01a\x00" * 1_000_000 + gif[start:]
+    jpeg = saved(Image.new("RGB", (64, 64)), "JPEG")
+    many_segments = jpeg[:2] + b"\xff\xfe\x00\x02" * 2000 + jpeg[2:]  # 2,000 empty comments
+    for crafted in (chatty, many_segments):
+        with pytest.raises(ImageError, match="far too many tiny pieces"):
+            probe(crafted)

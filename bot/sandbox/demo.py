@@ -23,6 +23,7 @@ from bot.app import EaselBot, make_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from bot.settings import Settings
 from models import samples
+from models.images import log_stream
 
 DOODLE_TEXT = "春眠不觉晓，处处闻啼鸟。| Spring sleep knows no dawn; everywhere I hear birds. 2026"
 
@@ -130,7 +131,7 @@ async def demo(out: Path, device: str) -> list[dict[str, Any]]:
 
 
 def main(out: Path, device: str) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=log_stream())
     print(f"Starting the loopback Discord and the bot (models load first; this takes a few seconds)...")
     for row in asyncio.run(demo(out, device)):
         print(f"\n{row['step']}: acknowledged in {row['acknowledged_s']} s, answered in {row['answered_s']} s")
