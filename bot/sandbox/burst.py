@@ -4,7 +4,8 @@
 
 100 `/dream count:4`, 60 `/stylize size:512` and 40 `/fix` of a 768 px photo, each from a different
 person, all sent at once, with the default settings. The emulator enforces Discord's rules (3 s to
-acknowledge, 15-minute tokens), so a late acknowledgement shows up as a person who saw nothing.
+acknowledge, 15-minute tokens, rate limits), so a late acknowledgement shows up as a person who saw
+nothing, and every 429 the bot met is counted.
 For each person it records what they ended with: their result in public, one sentence only they
 see (and which), or nothing / a message left loading (lost).
 """
@@ -28,6 +29,7 @@ from bot.sandbox.demo import start_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from bot.settings import Settings
 from models import samples
+from models.images import log_stream
 
 MIX = (("dream", 100), ("stylize", 60), ("fix", 40))
 
@@ -106,6 +108,7 @@ async def burst(people: int, device: str, timeout_s: float) -> dict[str, Any]:
         "served_answer_max_s": {k: round(max(v), 2) for k, v in answered.items()},
         "told_privately": sum(kinds["told"].values()), "told": dict(kinds["told"]),
         "lost": sum(kinds["lost"].values()), "lost_detail": dict(kinds["lost"]),
+        "rate_limited_429": emulator.rate_limited, "rate_limited_by_bucket": dict(emulator.rate_limited_buckets),
         "wall_s": round(wall_s, 2),
     }
 
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for answers after this many seconds")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=log_stream())
     print(json.dumps(asyncio.run(burst(args.people, args.device, args.timeout)), indent=2, ensure_ascii=False))
 
 
