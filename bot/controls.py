@@ -13,11 +13,17 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from models.jobs import CancelOutcome
+
 if TYPE_CHECKING:
     from bot.app import EaselBot
 
 NOT_YOURS_CANCEL = "That request isn't yours; only the person who asked can cancel it."
-ALREADY_OVER = "That request has already finished, so there is nothing to cancel."
+CANCEL_ANSWERS = {
+    CancelOutcome.ALREADY_CANCELLED: "That request was already cancelled.",
+    CancelOutcome.FINISHED: "That request has already finished, so there is nothing to cancel.",
+    CancelOutcome.UNKNOWN: "I no longer know this request; it may have been lost in a restart, so please run it again.",
+}
 NOT_YOURS_DELETE = "Only the person who asked, or someone who can manage messages here, can delete this."
 ALREADY_GONE = "That message is already gone."
 
@@ -36,10 +42,10 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:c
         bot: EaselBot = interaction.client  # type: ignore[assignment]
         if interaction.user.id != self.user_id:
             await interaction.response.send_message(NOT_YOURS_CANCEL, ephemeral=True)
-        elif not bot.pool.cancel(self.job_id):
-            await interaction.response.send_message(ALREADY_OVER, ephemeral=True)
-        else:
+        elif (outcome := bot.pool.cancel(self.job_id)) is CancelOutcome.CANCELLED:
             await interaction.response.defer()  # the runner edits this message to say it was cancelled
+        else:
+            await interaction.response.send_message(CANCEL_ANSWERS[outcome], ephemeral=True)
 
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:delete:(?P<user>\d+)"):

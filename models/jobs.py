@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 DEFAULT_MAX_BYTES = 10 * 2**20
@@ -50,3 +51,12 @@ class Progress:
     position: int = 0  # jobs ahead in the queue (0 = next)
     fraction: float = 0.0
     eta_s: float | None = None
+
+
+class CancelOutcome(StrEnum):
+    """What `pool.cancel(job_id)` found, so the person pressing Cancel is told the truth."""
+
+    CANCELLED = "cancelled"  # it was waiting or running, and stops now
+    ALREADY_CANCELLED = "already_cancelled"
+    FINISHED = "finished"  # it ended before the press: done, failed or timed out
+    UNKNOWN = "unknown"  # never held here, or forgotten since (a restart)

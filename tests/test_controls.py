@@ -15,9 +15,10 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.controls import ALREADY_OVER, NOT_YOURS_CANCEL, NOT_YOURS_DELETE
+from bot.controls import CANCEL_ANSWERS, NOT_YOURS_CANCEL, NOT_YOURS_DELETE
 from bot.sandbox.demo import start_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
+from models.jobs import CancelOutcome
 from models.pool.local import CANCELLED
 from models.restore.net import KernelDeblurNet
 from models.restore.tiling import _starts
@@ -58,10 +59,15 @@ async def test_cancel_while_queued_leaves_the_queue_at_once(sandbox):
         running = await emulator.invoke("dream", {"count": 1, "seed": 1}, user_id=101)
         await asyncio.wait_for(held.wait(), 60)
         waiting = await emulator.invoke("dream", {"count": 1, "seed": 2}, user_id=102)
-        pressed = await emulator.click(waiting, await with_cancel_button(waiting), user_id=102)
+        button = await with_cancel_button(waiting)
+        as_shown = dict(waiting.message_with(button))
+        pressed = await emulator.click(waiting, button, user_id=102)
         await waiting.wait()
         assert bot.pool.status()["queued"] == 0  # gone from the queue while the first job is still held
         assert pressed.callback_type == 6  # the press is acknowledged; the message itself says what happened
+        again = await emulator.click(waiting, button, user_id=102, message=as_shown)  # a second, quick press
+        await again.wait()
+        assert only_one_sentence(again) == CANCEL_ANSWERS[CancelOutcome.ALREADY_CANCELLED]
     finally:
         hold.set()
         del dream.prepare
@@ -154,7 +160,7 @@ async def test_cancel_is_the_askers_alone_and_ends_with_the_result(sandbox):
         await emulator.click(mine, button, user_id=301)
     stale = await emulator.click(mine, button, user_id=301, message=as_shown)  # pressed as the result arrived
     await stale.wait()
-    assert only_one_sentence(stale) == ALREADY_OVER
+    assert only_one_sentence(stale) == CANCEL_ANSWERS[CancelOutcome.FINISHED]
 
 
 async def test_delete_by_the_asker_or_a_moderator_only(sandbox):
@@ -204,7 +210,9 @@ async def test_dream_in_a_dm_when_allowed():
         await emulator.stop()
 
 
-async def test_delete_still_works_after_a_restart():
+async def test_delete_still_works_after_a_restart_and_a_lost_request_says_so():
+    """Delete routes by its custom_id in a new process. A Cancel left on a progress message by a
+    process that went away names a job the new one never held: it says the request was lost."""
     emulator = DiscordEmulator()
     await emulator.start()
     bot, running = await start(emulator)
@@ -212,6 +220,15 @@ async def test_delete_still_works_after_a_restart():
         record = await emulator.invoke("dream", {"count": 1, "seed": 7}, user_id=701)
         await record.wait(timeout=120)
         one_public_result(record)
+        hold = asyncio.Event()
+        dream = _hold_prepare(bot, hold)
+        try:
+            lost = await emulator.invoke("dream", {"count": 1, "seed": 8}, user_id=702)
+            button = await with_cancel_button(lost)
+            left_behind = dict(lost.message_with(button))  # the progress message, as the asker's client still shows it
+        finally:
+            hold.set()
+            del dream.prepare
     finally:
         await bot.close()
         await running
@@ -219,6 +236,9 @@ async def test_delete_still_works_after_a_restart():
     try:
         await emulator.click(record, "easel:delete:701", user_id=701)
         await record.wait(lambda r: not r.public)
+        pressed = await emulator.click(lost, button, user_id=702, message=left_behind)
+        await pressed.wait()
+        assert only_one_sentence(pressed) == CANCEL_ANSWERS[CancelOutcome.UNKNOWN]
     finally:
         await bot.close()
         await running

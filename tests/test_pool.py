@@ -16,7 +16,7 @@ from PIL import Image
 
 from models import samples
 from models.errors import BusyError, Cancelled, DeviceError, JobTimeout, ResourceError, TaskContractError, UserError
-from models.jobs import File, Job, Progress, Result
+from models.jobs import CancelOutcome, File, Job, Progress, Result
 from models.pool import InferencePool, PoolConfig, resolve_devices
 from models.pool.estimate import WaitEstimator
 from models.pool.queue import FairQueue, next_batch
@@ -277,15 +277,16 @@ async def test_cancel_by_job_id_drops_a_queued_job_and_answers_a_running_one_at_
     jobs = [echo(v) for v in (1, 2, 3)]
     first = await holding(task, pool, jobs[0])
     second, third = await queue_behind(pool, jobs[1:])
-    assert pool.cancel(jobs[1].id) and pool.status()["queued"] == 1
-    assert pool.cancel(jobs[0].id)
+    assert pool.cancel(jobs[1].id) is CancelOutcome.CANCELLED and pool.status()["queued"] == 1
+    assert pool.cancel(jobs[0].id) is CancelOutcome.CANCELLED
+    assert pool.cancel(jobs[0].id) is CancelOutcome.ALREADY_CANCELLED
     for cancelled in (first, second):
         with pytest.raises(Cancelled):
             await cancelled  # while the gate is still closed
     task.gate.set()
     assert (await third).info["value"] == 6
     assert task.batches == [[1], [3]]
-    assert not pool.cancel(jobs[2].id) and not pool.cancel("no-such-job")
+    assert pool.cancel(jobs[2].id) is CancelOutcome.FINISHED and pool.cancel("no-such-job") is CancelOutcome.UNKNOWN
     await pool.close()
 
 
@@ -409,11 +410,39 @@ def test_the_fair_queue_serves_servers_then_people_in_turn():
 def test_wait_estimates_need_a_measurement_then_add_up_the_queue():
     estimator = WaitEstimator()
     assert estimator.wait_s("dream", 1.0, []) is None
-    estimator.learn("dream", cost=2.0, seconds=4.0)
-    estimator.learn("fix", cost=1.0, seconds=10.0)
+    estimator.learn("dream", "cpu", cost=2.0, seconds=4.0)
+    estimator.learn("fix", "cpu", cost=1.0, seconds=10.0)
     assert estimator.wait_s("dream", 1.0, []) == 2.0
     assert estimator.wait_s("dream", 1.0, [("fix", 1.0), ("dream", 3.0)], devices=2) == (10.0 + 6.0) / 2 + 2.0
     assert estimator.wait_s("stylize", 1.0, []) is None
+
+
+def test_one_odd_job_cannot_poison_the_estimate_and_a_real_change_is_followed():
+    """A job 10,000 times slower per unit than the rest (a cost that missed its work, a stalled
+    machine) does not move a settled estimate; an odd first measurement is outvoted by the next;
+    a device that really became 3x slower is followed within half the remembered batches."""
+    estimator = WaitEstimator()
+    for _ in range(3):
+        estimator.learn("stylize", "cpu", cost=1.0, seconds=4.0)
+    assert estimator.settled("stylize")
+    estimator.learn("stylize", "cpu", cost=0.0001, seconds=1.0)  # 10,000 s per unit
+    assert estimator.rate("stylize") == 4.0
+    first = WaitEstimator()
+    first.learn("doodle", "cpu", cost=0.04, seconds=16.0)  # the very first measurement is an outlier
+    assert first.rate("doodle") == 400.0 and not first.settled("doodle")
+    first.learn("doodle", "cpu", cost=1.0, seconds=1.0)
+    assert first.rate("doodle") == 1.0  # recovered at the next batch
+    for _ in range(8):
+        estimator.learn("stylize", "cpu", cost=1.0, seconds=12.0)
+    assert estimator.rate("stylize") == 12.0
+
+
+def test_estimates_are_per_device_and_devices_add_up():
+    """Two devices at 1 and 3 s per unit run a task together at 1.5 s per unit each (harmonic mean)."""
+    estimator = WaitEstimator()
+    estimator.learn("fix", "cuda:0", cost=1.0, seconds=1.0)
+    estimator.learn("fix", "cuda:1", cost=1.0, seconds=3.0)
+    assert estimator.rate("fix") == 1.5 and estimator.wait_s("fix", 2.0, [("fix", 4.0)], devices=2) == 4.0 / 2 * 1.5 + 3.0
 
 
 async def test_real_models_through_the_pool(real_weights):

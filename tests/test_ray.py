@@ -18,7 +18,7 @@ import ray  # noqa: E402
 from conftest import png_bytes  # noqa: E402
 from models import samples  # noqa: E402
 from models.errors import BusyError, Cancelled  # noqa: E402
-from models.jobs import Job, Progress  # noqa: E402
+from models.jobs import CancelOutcome, Job, Progress  # noqa: E402
 from models.pool import InferencePool, PoolConfig  # noqa: E402
 from models.pool.local import BUSY  # noqa: E402
 from models.pool.ray_serve import RayConfig, RayPool  # noqa: E402
@@ -97,10 +97,11 @@ async def test_cancel_answers_at_once_and_the_pool_carries_on(ray_pool):
     queued = asyncio.Event()
     running = asyncio.create_task(ray_pool.submit(job, on_progress=lambda p: queued.set()))
     await queued.wait()
-    assert ray_pool.cancel(job.id) and not ray_pool.cancel("no-such-job")
+    assert ray_pool.cancel(job.id) is CancelOutcome.CANCELLED and ray_pool.cancel("no-such-job") is CancelOutcome.UNKNOWN
     with pytest.raises(Cancelled):
         await running
-    assert ray_pool.status()["queued"] == ray_pool.status()["running"] == 0 and not ray_pool.cancel(job.id)
+    assert ray_pool.status()["queued"] == ray_pool.status()["running"] == 0
+    assert ray_pool.cancel(job.id) is CancelOutcome.ALREADY_CANCELLED
     after = await ray_pool.submit(Job("dream", {"seed": 5, "count": 1}))
     assert after.info["cost"] > 0
 

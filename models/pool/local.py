@@ -20,13 +20,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from models.errors import BusyError, Cancelled, EaselError, JobTimeout, UserError
-from models.jobs import Job, Progress, Result
+from models.images import Limits
+from models.jobs import CancelOutcome, Job, Progress, Result
 from models.pool.config import PoolConfig
 from models.pool.devices import resolve_devices, tune_process, usable_cores
 from models.pool.estimate import WaitEstimator
@@ -37,6 +38,7 @@ from models.tasks import TASKS, Plan, Task
 log = logging.getLogger("easel.pool")
 
 ProgressCallback = Callable[[Progress], None]
+Admit = Callable[[float], None]
 SHUTTING_DOWN = "The bot is shutting down; please try again in a minute."
 BUSY = "I'm busy with a queue of requests right now; please try again in a moment."
 CANCELLED = "🛑 Cancelled, as you asked."
@@ -51,6 +53,15 @@ def _queue_full(wait_s: float | None) -> str:
     if wait_s is None:
         return BUSY
     return f"I'm busy with a queue of requests right now (about {_duration(wait_s)} of work); please try again after that."
+
+
+async def plan(task: Task, job: Job, limits: Limits, executor: Executor | None) -> Plan:
+    """The task's plan. One that reads uploads (headers) runs on `executor`'s threads, so no file,
+    however crafted, holds up the event loop and with it every other person's acknowledgement;
+    one of options alone (well under a millisecond) runs at once, so jobs sent together stay together."""
+    if not job.images:
+        return task.plan(job, limits)
+    return await asyncio.get_running_loop().run_in_executor(executor, task.plan, job, limits)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -69,6 +80,23 @@ def _wanted(batch: list[_Ticket], i: int) -> bool:
     return not batch[i].cancelled
 
 
+class EndedJobs:
+    """How the latest jobs ended, by id, so that a late Cancel press is answered truthfully."""
+
+    def __init__(self, remembered: int = 4096) -> None:
+        self.remembered = remembered
+        self._outcomes: dict[str, CancelOutcome] = {}  # oldest first
+
+    def remember(self, job_id: str, outcome: CancelOutcome) -> None:
+        self._outcomes.pop(job_id, None)
+        self._outcomes[job_id] = outcome
+        if len(self._outcomes) > self.remembered:
+            del self._outcomes[next(iter(self._outcomes))]
+
+    def outcome(self, job_id: str) -> CancelOutcome:
+        return self._outcomes.get(job_id, CancelOutcome.UNKNOWN)
+
+
 @dataclass(eq=False)
 class _Ticket:
     """A submitted job while the pool holds it: what the queue orders and the caller awaits."""
@@ -82,6 +110,7 @@ class _Ticket:
     gap: float  # seconds since the job submitted before this one
     started_at: float = 0.0
     cancelled: bool = False
+    delivered: bool = False  # its result reached the caller
     last_report: tuple[str, int, float] = ("", -1, -1.0)
 
     @property
@@ -130,6 +159,7 @@ class InferencePool:
         self._cpu: ThreadPoolExecutor | None = None  # decoding and encoding, shared by the device workers
         self._closing = False
         self._last_submit = float("-inf")
+        self._ended = EndedJobs()
         self.started = False
 
     # -- life cycle ----------------------------------------------------------------
@@ -173,10 +203,17 @@ class InferencePool:
 
     # -- submitting ------------------------------------------------------------------
 
-    async def submit(self, job: Job, on_progress: ProgressCallback | None = None, timeout: float | None = None) -> Result:
+    async def submit(self, job: Job, on_progress: ProgressCallback | None = None, timeout: float | None = None,
+                     admit: Admit | None = None) -> Result:
         """Run one job; raises an EaselError: UserError (bad input), BusyError (queue full, or it
-        could not finish within `timeout`), JobTimeout, ResourceError. Cancelling the await drops the job."""
-        ticket, timeout = self._admit(job, on_progress, timeout)
+        could not finish within `timeout`), JobTimeout, ResourceError. Cancelling the await drops the job.
+        `admit(cost)` is called once the job's cost is known, before it queues, and may refuse it by
+        raising an EaselError (the bot's daily quota reserves the cost there)."""
+        task = self._task(job)
+        planned = await plan(task, job, self.config.limits, self._cpu)
+        if admit is not None:
+            admit(planned.cost)
+        ticket, timeout = self._admit(job, task, planned, on_progress, timeout)
         async with self._changed:
             self._changed.notify_all()
         try:
@@ -188,14 +225,20 @@ class InferencePool:
             self._drop(ticket)
             raise
 
-    def _admit(self, job: Job, on_progress: ProgressCallback | None, timeout: float | None) -> tuple[_Ticket, float]:
-        """Queue the job in its turn, or refuse it: bad input, a full queue, or a wait longer than `timeout`."""
+    def _task(self, job: Job) -> Task:
+        """The job's task, if the pool is taking work and serves it."""
         if self._closing or not self.started:
             raise BusyError(SHUTTING_DOWN)
         task = self.tasks.get(job.task)
         if task is None:
             raise UserError(f"There is no {job.task!r} command here.")
-        plan = task.plan(job, self.config.limits)
+        return task
+
+    def _admit(self, job: Job, task: Task, plan: Plan, on_progress: ProgressCallback | None,
+               timeout: float | None) -> tuple[_Ticket, float]:
+        """Queue the planned job in its turn, or refuse it: a full queue, or a wait longer than `timeout`."""
+        if self._closing:  # began while the job was being planned
+            raise BusyError(SHUTTING_DOWN)
         if len(self._queue) >= self.config.max_queue:
             queued = ((t.task.name, t.cost) for t in self._queue.order())
             raise BusyError(_queue_full(self.estimator.wait_s(task.name, plan.cost, queued, len(self._workers))))
@@ -204,7 +247,8 @@ class InferencePool:
         ticket = _Ticket(job, task, plan, asyncio.get_running_loop().create_future(), on_progress, now, now - self._last_submit)
         self._queue.push(ticket)
         position, estimate = self._place(ticket, self._queue.order())
-        if estimate is not None and estimate > timeout:
+        alone = position == 0 and not self._running  # it would run at once, and its run measures the speed
+        if estimate is not None and estimate > timeout and (self.estimator.settled(task.name) or not alone):
             self._queue.remove(ticket)
             raise BusyError(f"The queue would take about {_duration(estimate)}, longer than I can keep "
                             "your request open; please try again later.")
@@ -219,15 +263,15 @@ class InferencePool:
         wait = self.estimator.wait_s(ticket.task.name, ticket.cost, ((t.task.name, t.cost) for t in ahead), len(self._workers))
         return len(ahead), wait
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str) -> CancelOutcome:
         """The person who asked no longer wants the job: a queued one leaves the queue at once, a running
         one stops at its next batch or tile boundary (its batch mates carry on), and `submit` raises
-        Cancelled now. False if the pool no longer holds that job (finished, or never here)."""
+        Cancelled now. Otherwise says whether it was cancelled before, had ended, or is unknown here."""
         for ticket in [*self._queue.order(), *self._running]:
             if ticket.job.id == job_id and not ticket.future.done():
                 self._drop(ticket, Cancelled(CANCELLED))
-                return True
-        return False
+                return CancelOutcome.CANCELLED
+        return self._ended.outcome(job_id)
 
     def _drop(self, ticket: _Ticket, error: EaselError | None = None) -> None:
         """Forget a job: out of the queue, skipped by its worker; its caller gets `error` (else CancelledError)."""
@@ -236,6 +280,7 @@ class InferencePool:
             self._report_positions()
         if ticket.future.done():
             return
+        self._ended.remember(ticket.job.id, CancelOutcome.ALREADY_CANCELLED if isinstance(error, Cancelled) else CancelOutcome.FINISHED)
         if error is None:
             ticket.future.cancel()
         else:
@@ -291,8 +336,8 @@ class InferencePool:
                                            partial(self._deliver, loop, batch), partial(_progress, loop, batch), partial(_wanted, batch))
             except Exception:  # process delivers per-job errors itself; this is a bug in the pool
                 log.exception("batch of %d %s jobs failed on %s", len(batch), task.name, worker.name)
-            finally:
-                self.estimator.learn(task.name, sum(t.cost for t in batch), self.clock() - started)
+            finally:  # the speed of the work delivered: cancelled or refused jobs took less time than they cost
+                self.estimator.learn(task.name, worker.name, sum(t.cost for t in batch if t.delivered), self.clock() - started)
                 self._running.difference_update(batch)
                 worker.busy = False
                 async with self._changed:
@@ -310,11 +355,13 @@ class InferencePool:
         self._running.discard(ticket)
         if ticket.future.done():
             return
+        self._ended.remember(ticket.job.id, CancelOutcome.FINISHED)
         if isinstance(outcome, BaseException):
             ticket.future.set_exception(outcome)
             return
         timings = {"queue_s": round(ticket.started_at - ticket.queued_at, 3), "run_s": round(self.clock() - ticket.started_at, 3),
                    "cost": ticket.cost}  # the plan's units of work (megapixel-equivalents): what a daily quota counts
+        ticket.delivered = True
         ticket.future.set_result(Result(outcome.files, {**outcome.info, **timings}))
 
     # -- status ------------------------------------------------------------------------
@@ -328,5 +375,5 @@ class InferencePool:
             "running": len(self._running),
             "max_queue": self.config.max_queue,
             "devices": [w.status() for w in self._workers],
-            "seconds_per_megapixel": {k: round(v, 4) for k, v in self.estimator.seconds_per_cost.items()},
+            "seconds_per_megapixel": {k: round(v, 4) for k, v in self.estimator.rates().items()},
         }

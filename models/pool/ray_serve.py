@@ -33,10 +33,10 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from models.errors import BusyError, Cancelled, EaselError, JobTimeout, UserError
-from models.jobs import Job, Progress, Result
+from models.jobs import CancelOutcome, Job, Progress, Result
 from models.pool.config import PoolConfig, RayConfig
 from models.pool.devices import resolve_devices, tune_process, usable_cores
-from models.pool.local import BUSY, CANCELLED, SHUTTING_DOWN, ProgressCallback
+from models.pool.local import BUSY, CANCELLED, SHUTTING_DOWN, Admit, EndedJobs, ProgressCallback, plan
 from models.pool.worker import Outcome, Worker
 from models.tasks import TASKS, Task
 
@@ -72,11 +72,11 @@ class Replica:
             return
         yield Progress("running")
         try:
-            plan = task.plan(job, self.config.limits)
+            planned = await plan(task, job, self.config.limits, self.cpu)
         except EaselError as error:
             yield error
             return
-        yield await self._batcher(task, plan.key)((job, plan.cost))
+        yield await self._batcher(task, planned.key)((job, planned.cost))
 
     def _batcher(self, task: Task, batch_key: Hashable) -> Callable[[tuple[Job, float]], Any]:
         """The batch queue for one task and key: jobs with equal keys share a model run."""
@@ -174,6 +174,8 @@ class RayPool:
         self.retries = 0
         self._jobs: dict[str, list[asyncio.Future[Result]]] = {}  # this process's jobs in flight by id (one Job may be submitted twice)
         self._cancelled: set[str] = set()
+        self._ended = EndedJobs()
+        self._planner: ThreadPoolExecutor | None = None  # reads uploads' headers off the event loop
         self.devices: list[dict[str, Any]] = []  # a replica's device and models, as of start
         self._idle = asyncio.Event()
         self._idle.set()
@@ -188,17 +190,22 @@ class RayPool:
         else:
             self.handle = await loop.run_in_executor(None, deploy, self.config, self.ray_config)
         _reclaim_signals()
+        self._planner = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="easel-plan")
         self.devices = await self.replicas()
         self.started = True
 
-    async def submit(self, job: Job, on_progress: ProgressCallback | None = None, timeout: float | None = None) -> Result:
-        """Run one job on a replica; a replica lost mid-job gets the job once more elsewhere."""
+    async def submit(self, job: Job, on_progress: ProgressCallback | None = None, timeout: float | None = None,
+                     admit: Admit | None = None) -> Result:
+        """Run one job on a replica; a replica lost mid-job gets the job once more elsewhere.
+        `admit(cost)`: as the local pool's, before the job leaves this process."""
         if self._closing or not self.started:
             raise BusyError(SHUTTING_DOWN)
         task = self.tasks.get(job.task)
         if task is None:
             raise UserError(f"There is no {job.task!r} command here.")
-        plan = task.plan(job, self.config.limits)  # bad input is refused here, before any round trip
+        planned = await plan(task, job, self.config.limits, self._planner)  # bad input is refused here, before any round trip
+        if admit is not None:
+            admit(planned.cost)
         timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
         tell = on_progress or _nobody
         self._idle.clear()
@@ -216,21 +223,25 @@ class RayPool:
             self._jobs[job.id].remove(attempts)
             if not self._jobs[job.id]:
                 del self._jobs[job.id]
+                self._ended.remember(job.id, CancelOutcome.ALREADY_CANCELLED if job.id in self._cancelled else CancelOutcome.FINISHED)
                 self._cancelled.discard(job.id)
             if not self.waiting and not self.running:
                 self._idle.set()
-        return Result(result.files, {**result.info, "cost": plan.cost})  # as the local pool reports it, for quotas
+        return Result(result.files, {**result.info, "cost": planned.cost})  # as the local pool reports it, for quotas
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str) -> CancelOutcome:
         """Answer the job's caller with Cancelled now and cancel its request at Ray (a request still
         waiting is dropped there; how far that reaches into a batch on a replica is Ray Serve's).
-        False if this process holds no such job in flight."""
+        Otherwise, as the local pool: cancelled before, ended, or unknown to this process."""
         live = [attempts for attempts in self._jobs.get(job_id, []) if not attempts.done()]
         for attempts in live:
             attempts.cancel()
         if live:
             self._cancelled.add(job_id)
-        return bool(live)
+            return CancelOutcome.CANCELLED
+        if job_id in self._cancelled:  # cancelled, its caller not yet woken
+            return CancelOutcome.ALREADY_CANCELLED
+        return self._ended.outcome(job_id)
 
     async def _attempts(self, job: Job, tell: ProgressCallback) -> Result:
         for attempt in range(2):
@@ -283,6 +294,8 @@ class RayPool:
             pass
         if self.started:
             await asyncio.get_running_loop().run_in_executor(None, ray.shutdown if self.ray_config.address else shutdown)
+        if self._planner is not None:
+            self._planner.shutdown(wait=False, cancel_futures=True)
         self.started = False
 
     def status(self) -> dict[str, Any]:

@@ -36,6 +36,19 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
+def grid(height: int, width: int, tile: int, overlap: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The tile shape and every tile's (top, left) for an image of this size (at least MIN_SIDE a side)."""
+    h, w = max(height, MIN_SIDE), max(width, MIN_SIDE)
+    th, tw = min(tile, h), min(tile, w)
+    return (th, tw), [(top, left) for top in _starts(h, th, overlap) for left in _starts(w, tw, overlap)]
+
+
+def tiled_pixels(height: int, width: int, tiling: Tiling) -> int:
+    """The pixels the net runs on for one image, overlaps counted every time: the work of a tiled job."""
+    (th, tw), places = grid(height, width, tiling.tile, tiling.overlap)
+    return th * tw * len(places)
+
+
 def _window(h: int, w: int, overlap: int) -> torch.Tensor:
     def ramp(n: int) -> torch.Tensor:
         i = torch.arange(n, dtype=torch.float32)
@@ -63,11 +76,8 @@ def restore_tiled(
     images = [_at_least(image, MIN_SIDE) for image in images]
     jobs: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)  # tile shape -> (image, top, left)
     for n, image in enumerate(images):
-        _, h, w = image.shape
-        th, tw = min(tile, h), min(tile, w)
-        for top in _starts(h, th, overlap):
-            for left in _starts(w, tw, overlap):
-                jobs[(th, tw)].append((n, top, left))
+        shape, places = grid(*image.shape[1:], tile, overlap)
+        jobs[shape] += [(n, top, left) for top, left in places]
     sums = [torch.zeros_like(im) for im in images]
     norms = [torch.zeros(im.shape[1:]) for im in images]
     total, done = sum(len(v) for v in jobs.values()), 0

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from models.images import Limits
+from models.images import ImageInfo, Limits
 from models.jobs import Job, Result
 from models.options import Option, OptionError
 from models.weights import WeightsSpec
@@ -23,10 +23,23 @@ from models.weights import WeightsSpec
 StateDict = dict[str, torch.Tensor]
 
 
+# Decoding and resizing one megapixel of upload takes 0.01-0.02 s on a CPU core: about 0.005 of
+# the work of one megapixel through a network (2-4 s on two cores, for /stylize and /fix alike).
+DECODE_COST_PER_MEGAPIXEL = 0.005
+
+
 @dataclass(frozen=True)
 class Plan:
     key: Hashable  # jobs with equal keys may share a batch
-    cost: float  # rough work in megapixel-equivalents, for queue-wait estimates
+    # All the job's work, in megapixel-equivalents of network work (decoding included): what the
+    # wait estimate, the batch budget and the daily quota count, so a cheap-looking job cannot be
+    # expensive and teach the estimator a wrong speed.
+    cost: float
+
+
+def decode_cost(info: ImageInfo) -> float:
+    """The work of decoding an upload (and resizing it), whatever size the output is."""
+    return info.width * info.height / 1e6 * DECODE_COST_PER_MEGAPIXEL
 
 
 def no_progress(fraction: float) -> None:

@@ -11,10 +11,10 @@ from PIL import Image, ImageDraw
 
 from models import images
 from models.jobs import File, Job, Result
-from models.restore.net import from_state
-from models.restore.tiling import MIN_SIDE, restore_tiled
+from models.restore.net import KernelDeblurNet, from_state
+from models.restore.tiling import MIN_SIDE, restore_tiled, tiled_pixels
 from models.options import Option
-from models.tasks.base import Plan, RunContext, StateDict, Task, image_input, to_image, to_tensor
+from models.tasks.base import Plan, RunContext, StateDict, Task, decode_cost, image_input, to_image, to_tensor
 from models.weights import DEBLUR
 
 COMPARE_SIDE = 384
@@ -70,10 +70,11 @@ class Fix(Task):
     options = (STRENGTH, MAX_SIDE)
 
     def plan(self, job: Job, limits: images.Limits) -> Plan:
+        """Cost: the pixels of every tile the net runs on (overlaps included), and the decoding."""
         STRENGTH.read(job.options)
         info = images.probe(image_input(job, "photo"), limits)
         w, h = images.fit(info.width, info.height, _max_side(job))
-        return Plan(key=("fix",), cost=w * h / 1e6)
+        return Plan(key=("fix",), cost=tiled_pixels(h, w, KernelDeblurNet.tiling["cpu"]) / 1e6 + decode_cost(info))
 
     def load(self, states: Mapping[str, StateDict], device: torch.device, channels_last: bool) -> torch.nn.Module:
         net = from_state(states[DEBLUR.key])
