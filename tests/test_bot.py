@@ -583,3 +583,19 @@ async def test_sigterm_finishes_the_job_in_flight_then_exits_cleanly(tmp_path):
             process.kill()
         draining.cancel()
         await emulator.stop()
+
+
+async def test_doodle_refuses_a_page_too_tall_in_one_sentence():
+    """Its line breaks would make a page (and every morph frame of it) 14,000 pixels tall: refused before it queues."""
+    emulator = DiscordEmulator()
+    await emulator.start()
+    bot, running = await start_bot(emulator, sandbox_settings(emulator, preload=False))
+    try:
+        record = await emulator.invoke("doodle", {"text": "W" * 30 + "|" * 169 + "W", "seed": 3})
+        await record.wait()
+        assert "I write at most 48 lines" in only_one_sentence(record)
+        await bot.wait_until_ready()  # a bot closed before it is ready leaves discord.py's ready task dangling
+    finally:
+        await bot.close()
+        await running
+        await emulator.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from models.handwriting import charset, layout, page, text
 from models.handwriting.layout import Placement
 from models.jobs import Job, Result
 from models.pool import InferencePool, PoolConfig
+from models.tasks.base import Plan
+from models.tasks.doodle import MAX_LINES, Doodle
 
 SENTENCE = "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。| The quick brown fox jumps over the lazy dog, 1234567890 times!"
 
@@ -103,14 +106,33 @@ def test_glyphs_wander_and_turn_a_little_and_neatness_calms_them():
     assert neat[0] < messy[0] and neat[1] < messy[1]
 
 
+def test_no_glyph_advances_past_its_widest():
+    rng = np.random.default_rng(0)
+    for ch in "iWm—%,永一，。☃國 \u3000":
+        inks = [None, layout.FULL_CELL] + [bar(int(w)) for w in rng.integers(1, 64, 20)]
+        assert all(layout.measure(ch, ink).advance <= layout.widest(ch) for ink in inks), ch
+
+
+def test_wider_glyphs_never_wrap_into_fewer_lines():
+    """Why `layout.extent` (every glyph at its widest) has at least the lines of any page written."""
+    rng = np.random.default_rng(1)
+    alphabet = list("aWim—,.;|") + list("永一，。、") + [" "] * 3 + ["\u3000"]
+    for _ in range(300):
+        text_lines = "".join(rng.choice(alphabet, rng.integers(1, 200))).split("|")
+        narrower = {ch: rng.uniform(0.2, 1.0) for ch in alphabet}
+        hand = rng.uniform(0.85, 1.2)
+        written = layout.wrap(text_lines, lambda ch: narrower[ch] * layout.widest(ch) * hand)
+        assert len(written) <= len(layout.wrap(text_lines, lambda ch: layout.widest(ch) * hand))
+
+
 # -- page ------------------------------------------------------------------------------------------
 
 def test_a_turned_and_scaled_glyph_keeps_its_ink_in_proportion():
     glyph = bar(20)
     p = Placement("m", 100.3, 50.7, 1.2, math.radians(8), 1.0)
     sheet = page.draw([p], {"m": glyph}, page.fallback_glyph(glyph))
-    assert sheet.ink.sum() == pytest.approx(glyph.sum() * 1.2**2, rel=0.03)
-    rows, cols = np.nonzero(sheet.ink > 0.5)
+    assert sheet.ink.sum(dtype=np.int64) / 255 == pytest.approx(glyph.sum() * 1.2**2, rel=0.03)
+    rows, cols = np.nonzero(sheet.ink > 127)
     centre = (cols.mean() + 0.5 - sheet.origin[0], rows.mean() + 0.5 - sheet.origin[1])  # pixel centres
     # the block's centre (column 32, row 33) lands at the placement, scaled and turned about the cell centre
     assert centre == pytest.approx((p.cx - 1.2 * math.sin(p.angle) * 1, p.cy + 1.2 * math.cos(p.angle) * 1), abs=0.6)
@@ -122,6 +144,98 @@ def test_ink_goes_on_paper_and_fallbacks_are_grey():
     picture = np.asarray(page.paint(sheet, page.ink_box([sheet]), "red"))
     colours = {tuple(c) for c in picture.reshape(-1, 3)}
     assert page.PAPER in colours and page.INKS["red"] in colours and page.FALLBACK_GREY in colours
+
+
+# -- bounds and cost, from the text alone -------------------------------------------------------------
+
+ZH_200 = "".join(charset.CHARSET[-3755:][::18][:200])  # 200 distinct ideographs: the most the network writes
+TALLEST = ("永" * 13 + "|" * 47 + "a", 14089)  # 48 lines, as wide as they go, in a large hand (seed 14089 at neatness 0)
+HOSTILE = "W" * 30 + "|" * 169 + "W"
+
+
+def plan(**options) -> Plan:
+    return Doodle().plan(Job("doodle", {"seed": 7, **options}), None)
+
+
+def one_sentence(error: Exception) -> str:
+    message = str(error)
+    assert message.endswith(".") and "\n" not in message and message.count(". ") == 0
+    return message
+
+
+@pytest.mark.parametrize("mode", ["write", "morph"])
+def test_a_page_too_tall_is_refused_in_one_sentence(mode):
+    with pytest.raises(text.TextError) as error:
+        plan(text=HOSTILE, mode=mode)
+    assert one_sentence(error.value) == "That text would make a page of 171 lines; I write at most 48 lines."
+
+
+def test_a_tall_page_morphs_in_fewer_frames():
+    tallest, seed = TALLEST
+    assert layout.extent(lines(tallest), seed, 0.0).lines == MAX_LINES
+    assert plan(text=tallest, seed=seed, neatness=0.0, mode="morph", frames=21).cost > 0
+    with pytest.raises(text.TextError) as error:
+        plan(text=tallest, seed=seed, neatness=0.0, mode="morph", frames=22)
+    assert one_sentence(error.value) == "That text makes a page of 48 lines, so a morph of it has at most 21 frames."
+    with pytest.raises(text.TextError, match="I write at most 48 lines"):
+        plan(text=tallest + "|a", seed=seed, neatness=0.0)
+
+
+@pytest.mark.parametrize("options", [{"text": ZH_200}, {"text": ZH_200, "mode": "morph"},
+                                     {"text": ZH_200, "mode": "morph", "frames": 48},
+                                     {"text": "|".join(ZH_200[i:i + 49] for i in range(0, 196, 49)), "mode": "morph", "frames": 48},
+                                     {"text": SENTENCE, "mode": "morph", "frames": 48},
+                                     {"text": "|".join(["床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"] * 8), "mode": "morph"}])
+def test_ordinary_texts_fit_the_bounds_in_every_hand(options):
+    for seed in range(40):
+        for neatness in (0.0, 1.0):
+            plan(**options, seed=seed, neatness=neatness)
+
+
+# CPU seconds of whole jobs on one core of the bot's CPU (the network, then the page and its file;
+# each part timed in a fresh process): their cost should be their time at about one rate.
+MEASURED_S = [({"text": "Hello"}, 0.023), ({"text": SENTENCE}, 0.173), ({"text": ZH_200}, 0.522),
+              ({"text": ZH_200, "mode": "morph"}, 2.742), ({"text": ZH_200, "mode": "morph", "frames": 48}, 6.634),
+              ({"text": "你好 hello", "mode": "morph", "frames": 48}, 0.298), ({"text": "W" * 200, "mode": "morph"}, 0.699),
+              ({"text": SENTENCE, "mode": "morph", "frames": 8}, 0.443),
+              ({"text": TALLEST[0], "seed": TALLEST[1], "neatness": 0.0, "mode": "morph"}, 2.141),
+              ({"text": "永" * 13 + "|" * 15 + "a", "seed": TALLEST[1], "neatness": 0.0, "mode": "morph", "frames": 48}, 2.245)]
+
+
+def test_cost_is_the_time_a_job_takes_at_about_one_rate():
+    rates = [seconds / plan(**options).cost for options, seconds in MEASURED_S]
+    assert max(rates) / min(rates) < 2  # the glyph count alone (the cost before) spread them 0.3-29 s per unit
+
+
+def test_cost_grows_with_the_page_and_its_frames_not_only_the_glyphs():
+    tallest, seed = TALLEST
+    short, tall = ("永" * 13 + "|" * 11 + "a", tallest)  # 12 and 48 lines of the same two glyphs
+    cost = {(t, frames): plan(text=t, seed=seed, neatness=0.0, mode="morph", frames=frames).cost for t in (short, tall) for frames in (8, 16)}
+    assert 3 < cost[tall, 16] / cost[short, 16] < 4.5  # four times the page
+    assert 1.7 < cost[tall, 16] / cost[tall, 8] < 2.1  # twice the frames
+    assert plan(text="Hello").cost < cost[short, 8] / 10  # twice the glyphs, a tiny page
+
+
+def test_a_seedless_job_is_planned_in_the_hand_it_is_written_in():
+    job = Job("doodle", {"text": "你好"})
+    assert Doodle().prepare(job, None).seed == Doodle().prepare(job, None).seed
+    assert Doodle().prepare(job, None).seed != Doodle().prepare(Job("doodle", {"text": "你好"}), None).seed
+
+
+def test_the_tallest_morph_is_composed_within_its_memory():
+    """21 frames, the most of 48 lines, are 12 distinct sheets kept until all are drawn: 8-bit ones take about
+    100 MB, float ones took 400."""
+    tallest, seed = TALLEST
+    wide = np.zeros((64, 64), np.float32)
+    wide[10:56, 2:62] = 1  # ink as wide as a glyph goes
+    page.fallback()
+    tracemalloc.start()
+    try:
+        pictures = page.compose(lines(tallest), [{"永": wide, "a": wide}] * 12, seed, 0.0, "blue")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(pictures) == 12 and pictures[0].height > 4000 and peak < 120 * 2**20
 
 
 # -- through the pool ------------------------------------------------------------------------------

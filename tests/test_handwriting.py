@@ -11,7 +11,7 @@ import torch
 from models.handwriting import augment, train
 from models.handwriting.charset import CHARSET, covers
 from models.handwriting.data import held_out_chars, pack_bits, read_reference
-from models.handwriting.model import GlyphVAE, free_bits_kl, kl_per_dim, load
+from models.handwriting.model import CONTENT_CACHE, GlyphVAE, free_bits_kl, kl_per_dim, load
 from models.weights import save_half
 
 
@@ -61,6 +61,17 @@ def test_write_gives_ink_per_character_independent_of_the_batch(model):
     per_glyph = model.write(list("你a。7"), z.expand(4, -1))
     assert (per_glyph - ink).abs().max() <= tolerance
     assert (model.write(["你"], model.prior(2)) - ink[:1]).abs().max() > 0  # z reaches the pixels
+
+
+def test_a_full_content_cache_starts_afresh_with_the_characters_asked_for(model):
+    """Past CONTENT_CACHE characters the cache is cleared: characters cached before and asked for
+    again in the same call are computed again, not looked up in the emptied cache."""
+    chinese = [ch for ch in CHARSET if ord(ch) > 0x4E00]
+    z = model.prior(3)
+    model.write(chinese[:CONTENT_CACHE - 10], z)
+    again = chinese[CONTENT_CACHE - 20:CONTENT_CACHE + 80]  # ten cached, ninety new: over the cache's size
+    ink = model.write(again, z)
+    assert ink.shape == (len(again), 1, 64, 64)
 
 
 def test_write_refuses_characters_outside_the_set(model):

@@ -10,6 +10,7 @@ Pure geometry on numpy arrays: no fonts, no model, no pixels drawn here (that is
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ BEARING = 3  # space left and right of a letter's ink
 SPACE = 17
 LINE_PITCH = 82  # baseline to baseline
 MAX_WIDTH = 960  # lines wrap beyond this many pixels
+WIDEST_LETTER = 46  # a letter advances at most this far (so `widest` holds): the model's widest, — M W, take about 41
 INK_LEVEL = 0.5  # stroke alpha above which a column counts as ink when measuring
 FULL_WIDTH_PUNCTUATION = "，。、；：？！（）《》“”‘’"
 NO_BREAK_BEFORE = "，。、；：？！”’）》…·,.;:?!)]}"  # never starts a wrapped line
@@ -63,9 +65,19 @@ def measure(ch: str, ink: np.ndarray | None) -> Metrics:
     if is_ideograph(ch):  # centred in its place; narrow ones (一, 小) still take most of a square
         advance = max(0.8 * EM, right - left + 2 * BEARING)
         return Metrics((left + right - advance) / 2, CELL / 2 + IDEOGRAPH_RISE, advance)
-    if ch in FULL_WIDTH_PUNCTUATION:  # a small mark with room on both sides: at least half a square
-        return Metrics(left - 2 * BEARING, BASELINE, max((right - left + 4 * BEARING) * LATIN_SCALE, EM / 2), LATIN_SCALE)
-    return Metrics(left - BEARING, BASELINE, (right - left + 2 * BEARING) * LATIN_SCALE, LATIN_SCALE)
+    if ch in FULL_WIDTH_PUNCTUATION:  # a small mark with room on both sides: half a square to a square
+        return Metrics(left - 2 * BEARING, BASELINE, min(max((right - left + 4 * BEARING) * LATIN_SCALE, EM / 2), EM), LATIN_SCALE)
+    return Metrics(left - BEARING, BASELINE, min((right - left + 2 * BEARING) * LATIN_SCALE, WIDEST_LETTER), LATIN_SCALE)
+
+
+FULL_CELL = np.ones((CELL, CELL), np.float32)
+
+
+@functools.lru_cache(maxsize=8192)
+def widest(ch: str) -> float:
+    """The furthest a glyph of `ch` can advance the pen at the hand's normal size (its ink filling the cell,
+    or its fallback box), so a page's lines are known before the model writes."""
+    return measure(ch, FULL_CELL).advance
 
 
 def _tokens(line: str) -> list[str]:
@@ -123,9 +135,31 @@ class Hand:
                    slope=float(rng.normal(0, 0.006)), wobble=wobble)
 
 
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed % 2**63, 0xD00D1E])
+
+
+@dataclass(frozen=True)
+class Extent:
+    """How much page some lines take at most, known from the text and the hand alone."""
+
+    lines: int  # wrapped lines, blank ones included
+    width: float  # page px of the widest line
+    height: float  # page px from the first baseline to the last, at the hand's line pitch
+
+
+def extent(lines: list[str], seed: int, neatness: float) -> Extent:
+    """The page with every glyph at its `widest`: greedy wrapping never needs fewer lines for wider
+    glyphs, so the page `lay_out` makes has no more lines than this."""
+    hand = Hand.of(_rng(seed), neatness)
+    wrapped = wrap(lines, lambda ch: widest(ch) * hand.spacing * hand.size)
+    width = max(sum(widest(ch) for ch in line) for line in wrapped) * hand.spacing * hand.size
+    return Extent(len(wrapped), min(width, MAX_WIDTH), (len(wrapped) - 1) * LINE_PITCH * hand.size)
+
+
 def lay_out(lines: list[str], metrics: Mapping[str, Metrics], seed: int, neatness: float) -> list[Placement]:
     """Placements of every visible character of the lines, wrapped; page coordinates start at 0."""
-    rng = np.random.default_rng([seed % 2**63, 0xD00D1E])
+    rng = _rng(seed)
     hand = Hand.of(rng, neatness)
     wrapped = wrap(lines, lambda ch: metrics[ch].advance * hand.spacing * hand.size)
     placements: list[Placement] = []

@@ -179,8 +179,9 @@ class HandwritingModel:
     def _content_of(self, chars: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Content features per character, computed once and kept (they do not depend on z)."""
         todo = sorted({ch for ch in chars if ch not in self._content})
-        if len(self._content) + len(todo) > CONTENT_CACHE:
+        if len(self._content) + len(todo) > CONTENT_CACHE:  # start afresh with this call's characters
             self._content.clear()
+            todo = sorted(set(chars))
         if todo:
             refs = self.references[[cs.INDEX[ch] for ch in todo]]
             deep, skip = self.net.content(refs)

@@ -26,6 +26,7 @@ DEFAULT_INK = "blue"
 PAPER = (251, 248, 239)
 FALLBACK_GREY = (150, 150, 150)
 MARGIN = 28
+BOX_LEVEL = 5  # 8-bit alpha above which a pixel counts towards the ink box (2%)
 
 
 @functools.cache
@@ -56,7 +57,8 @@ def fallback_glyph(question: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sheet:
-    """The page as two alpha layers (written ink, grey fallbacks) and where page (0, 0) is in them."""
+    """The page as two 8-bit alpha layers (written ink, grey fallbacks) and where page (0, 0) is in them.
+    8 bits are what the picture gets anyway, and a morph keeps a sheet per frame until all are drawn."""
 
     ink: np.ndarray
     grey: np.ndarray
@@ -102,16 +104,17 @@ def strokes(glyphs: Mapping[str, np.ndarray], lo: float = 0.2, hi: float = 0.8) 
 def draw(placements: Sequence[Placement], glyphs: Mapping[str, np.ndarray], fallback: np.ndarray) -> Sheet:
     """Rasterise every placement: written characters from `glyphs` ([64, 64] stroke alpha), others as `fallback`."""
     if not placements:
-        empty = np.zeros((1, 1), np.float32)
+        empty = np.zeros((1, 1), np.uint8)
         return Sheet(empty, empty, (0, 0))
     cells = torch.from_numpy(np.stack([glyphs.get(p.char, fallback) for p in placements]).astype(np.float32))[:, None]
     size = patch_size(placements)
     patches = (_warp(cells, placements, size)[:, 0] * torch.tensor([p.shade for p in placements])[:, None, None]).numpy()
+    patches = np.clip(patches * 255 + 0.5, 0, 255).astype(np.uint8)  # rounding commutes with the maximum below
     xs = [round(p.cx) - size // 2 for p in placements]
     ys = [round(p.cy) - size // 2 for p in placements]
     x0, y0 = min(xs), min(ys)
     shape = (max(ys) - y0 + size, max(xs) - x0 + size)
-    ink, grey = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    ink, grey = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
     for p, patch, x, y in zip(placements, patches, xs, ys):
         layer = ink if p.char in glyphs else grey
         region = layer[y - y0:y - y0 + size, x - x0:x - x0 + size]
@@ -123,7 +126,7 @@ def ink_box(sheets: Sequence[Sheet]) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) in page coordinates around the ink of all sheets, plus a margin."""
     boxes = []
     for s in sheets:
-        rows, cols = np.nonzero((s.ink > 0.02) | (s.grey > 0.02))
+        rows, cols = np.nonzero((s.ink > BOX_LEVEL) | (s.grey > BOX_LEVEL))
         if len(rows):
             boxes.append((cols.min() - s.origin[0], rows.min() - s.origin[1], cols.max() + 1 - s.origin[0], rows.max() + 1 - s.origin[1]))
     if not boxes:
@@ -135,7 +138,7 @@ def ink_box(sheets: Sequence[Sheet]) -> tuple[int, int, int, int]:
 def _crop(layer: np.ndarray, origin: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
     """The page rectangle `box` of a layer, zero where the layer does not reach."""
     left, top, right, bottom = box
-    out = np.zeros((bottom - top, right - left), np.float32)
+    out = np.zeros((bottom - top, right - left), np.uint8)
     sx, sy = left + origin[0], top + origin[1]  # box corner in layer coordinates
     ys, xs = max(0, sy), max(0, sx)
     ye, xe = min(layer.shape[0], sy + out.shape[0]), min(layer.shape[1], sx + out.shape[1])
@@ -148,9 +151,14 @@ def paint(sheet: Sheet, box: tuple[int, int, int, int], ink: str) -> Image.Image
     """The sheet's `box` as an RGB picture: paper, then grey fallbacks, then ink (each blended by its alpha)."""
     picture = Image.new("RGB", (box[2] - box[0], box[3] - box[1]), PAPER)
     for layer, colour in ((sheet.grey, FALLBACK_GREY), (sheet.ink, INKS[ink])):
-        alpha = np.clip(_crop(layer, sheet.origin, box) * 255 + 0.5, 0, 255).astype(np.uint8)
-        picture.paste(colour, (0, 0), Image.fromarray(alpha, "L"))
+        picture.paste(colour, (0, 0), Image.fromarray(_crop(layer, sheet.origin, box), "L"))
     return picture
+
+
+def pixels(extent: layout.Extent) -> float:
+    """About the pixels of the page of that extent (its lines, a glyph's height, the margins): what
+    painting and encoding it costs, known before anything is written."""
+    return (extent.width + 2 * MARGIN) * (extent.height + CELL + 2 * MARGIN)
 
 
 def compose(lines: list[str], frames: Sequence[Mapping[str, np.ndarray]], seed: int, neatness: float, ink: str) -> list[Image.Image]:
