@@ -42,6 +42,8 @@ class EaselBot(commands.Bot):
             "shard_count": settings.shard_count, "shard_ids": list(settings.shard_ids) if settings.shard_ids else None}
         dms = settings.allow_dms
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **shards,
+                         # no message pings anyone: captions carry names people chose (files, texts)
+                         allowed_mentions=discord.AllowedMentions.none(),
                          # where the commands appear: servers, and direct messages with the bot only when allowed
                          allowed_contexts=discord.app_commands.AppCommandContext(guild=True, dm_channel=dms, private_channel=False),
                          allowed_installs=discord.app_commands.AppInstallationType(guild=True, user=False))

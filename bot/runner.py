@@ -22,6 +22,7 @@ import discord
 from bot import replies
 from bot.attachments import DownloadError, download
 from bot.controls import cancel_view, with_delete
+from bot.markdown import escape
 from bot.limits import Limiter
 from bot.metrics import Metrics
 from bot.quota import Quota
@@ -69,9 +70,9 @@ class Runner:
         """Checks that need no download, so a wrong file is refused before we even defer."""
         for attachment in request.uploads.values():
             if attachment.content_type and not attachment.content_type.startswith("image/"):
-                raise DownloadError(f"{attachment.filename} is not an image.")
+                raise DownloadError(f"{escape(attachment.filename)} is not an image.")
             if attachment.size > self.settings.download_limit:
-                raise DownloadError(f"{attachment.filename} is {attachment.size / 2**20:.1f} MB; "
+                raise DownloadError(f"{escape(attachment.filename)} is {attachment.size / 2**20:.1f} MB; "
                                     f"the limit is {self.settings.download_limit_mb:.0f} MB.")
 
     async def handle(self, interaction: discord.Interaction, request: Request) -> None:
@@ -86,16 +87,16 @@ class Runner:
     async def _handle(self, interaction: discord.Interaction, request: Request) -> None:
         started = time.monotonic()
         user, guild = interaction.user.id, interaction.guild_id
-        outcome, info, slot = "ok", {}, None
+        outcome, info, slot, hold = "ok", {}, None, self.quota.hold(user)
         try:
             self.quota.check(user)
             slot = self.limiter.acquire(user)
             self._precheck(request)
             await replies.defer(interaction)
-            result = await self._run(interaction, request)
+            result = await self._run(interaction, request, hold.reserve)
             info = dict(result.info)
-            self.quota.charge(user, info["cost"])
             await replies.send_result(interaction, result, request.describe(result), with_delete(request.view(result), user))
+            hold.deliver()  # only a result the person got counts against their quota
         except EaselError as error:
             outcome = error.outcome
             await replies.send_error(interaction, str(error))
@@ -105,11 +106,12 @@ class Runner:
             log.exception("%s failed for user %s in guild %s (reference %s)", request.command, user, guild, reference)
             await replies.send_error(interaction, f"Sorry, something went wrong on my side (reference {reference}).")
         finally:
+            hold.release()  # a no-op once delivered
             if slot is not None:
                 slot.release()
             self._record(request, user, guild, outcome, started, info)
 
-    async def _run(self, interaction: discord.Interaction, request: Request) -> Result:
+    async def _run(self, interaction: discord.Interaction, request: Request, admit: Callable[[float], None]) -> Result:
         seconds_left = token_seconds_left(interaction)
         if seconds_left <= 0:
             raise BusyError("Discord gives me 15 minutes to answer and this request arrived too late to finish in time; "
@@ -124,7 +126,7 @@ class Runner:
                   user=str(interaction.user.id), guild=str(interaction.guild_id or ""))
         progress = replies.ProgressReporter(interaction, request.task, cancel_view(interaction.user.id, job.id))
         try:
-            return await self.pool.submit(job, on_progress=progress.update, timeout=token_seconds_left(interaction))
+            return await self.pool.submit(job, on_progress=progress.update, timeout=token_seconds_left(interaction), admit=admit)
         finally:
             await progress.stop()
 

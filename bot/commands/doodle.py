@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.commands.options import descriptions, slash_range
+from bot.markdown import escape, unescape
 from bot.runner import Request
 from models.handwriting.text import MAX_CHARS
 from models.jobs import Result
@@ -26,18 +27,17 @@ if TYPE_CHECKING:
 
 LABELS = {"new": ("New hand", "✍️"), "morph": ("Morph", "🎞️")}
 QUOTE = "> "
-_MARKDOWN = re.compile(r"([\\*_~`|<>@#\[\]():/-])")  # markdown, mentions, links, emoji: shown as typed
 
 
 def quote(text: str) -> str:
     """The text as one quoted line that Discord shows verbatim (no markdown, no pings) and `unquote` reverses."""
-    return QUOTE + _MARKDOWN.sub(r"\\\1", " ".join(text.splitlines()))
+    return QUOTE + escape(" ".join(text.splitlines()))
 
 
 def unquote(content: str) -> str | None:
     """The text a reply quoted on its last line, or None if the message has none."""
     last = content.rsplit("\n", 1)[-1]
-    return re.sub(r"\\(.)", r"\1", last[len(QUOTE):]) if last.startswith(QUOTE) else None
+    return unescape(last[len(QUOTE):]) if last.startswith(QUOTE) else None
 
 
 class DoodleButton(discord.ui.DynamicItem[discord.ui.Button],

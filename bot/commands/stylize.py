@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.commands.options import descriptions, slash_range
+from bot.markdown import escape
 from bot.replies import send_error
 from bot.runner import Request
 from models.jobs import Result
@@ -69,7 +70,7 @@ class Stylize(commands.Cog):
         uploads = {"content": content}
         if style is not None:
             uploads["style"] = style
-            label = f"your picture {style.filename}"
+            label = f"your picture {escape(style.filename)}"
         else:
             options[PRESETS.name] = preset
             label = preset_label(preset or "")
