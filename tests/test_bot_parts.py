@@ -84,7 +84,7 @@ def test_empty_values_keep_the_defaults(tmp_path, clean_env):
 def test_the_model_side_reads_the_same_settings_without_the_bot(tmp_path, clean_env):
     """`python -m models` reads EASEL_CACHE_DIR from .env too, and never imports the bot or discord.py."""
     (tmp_path / ".env").write_text(f"EASEL_CACHE_DIR={tmp_path / 'cache'}\nEASEL_COOLDOWN_S=3\n")
-    code = ("import sys, models.cli; from models import weights; print(weights.cache_dir()); "
+    code = ("import sys, models.cli; from models import settings; print(settings.configured_cache_dir()); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'bot', 'discord'}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert done.stdout.split("\n")[:2] == [str(tmp_path / "cache"), "[]"]

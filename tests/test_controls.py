@@ -19,7 +19,7 @@ from bot.controls import CANCEL_ANSWERS, NOT_YOURS_CANCEL, NOT_YOURS_DELETE
 from bot.sandbox.demo import start_bot
 from bot.sandbox.emulator import DiscordEmulator, Record, Upload
 from models.jobs import CancelOutcome
-from models.pool.local import CANCELLED
+from models.errors import Cancelled
 from models.restore.net import KernelDeblurNet
 from models.restore.tiling import _starts
 from conftest import png_bytes
@@ -71,7 +71,7 @@ async def test_cancel_while_queued_leaves_the_queue_at_once(sandbox):
     finally:
         hold.set()
         del dream.prepare
-    assert only_one_sentence(waiting) == CANCELLED and not waiting.private_custom_ids
+    assert only_one_sentence(waiting) == Cancelled.AS_ASKED and not waiting.private_custom_ids
     await running.wait()
     one_public_result(running)
 
@@ -118,7 +118,7 @@ async def test_cancel_while_running_stops_a_tiled_fix_and_spares_its_batch_mate(
         await asyncio.wait_for(in_first.wait(), 120)  # the first tiles are in the network
         await emulator.click(cancelled, button, user_id=202)
         await cancelled.wait()
-        assert only_one_sentence(cancelled) == CANCELLED
+        assert only_one_sentence(cancelled) == Cancelled.AS_ASKED
         go_on.set()
         await spared.wait(timeout=180)
     finally:

@@ -121,7 +121,7 @@ def test_systemd_unit_points_at_the_install_layout():
 def test_install_script_works_in_a_fresh_venv(tmp_path, real_weights):
     """What the Dockerfile runs, for real: a new venv, the pinned torch, Easel, and its weights."""
     env = {**os.environ, "EASEL_VENV": str(tmp_path / "venv"), "EASEL_CACHE_DIR": str(tmp_path / "cache"),
-           "EASEL_SOURCE": str(ROOT), "EASEL_WHEELHOUSE": str(weights.cache_dir() / "wheels"),
+           "EASEL_SOURCE": str(ROOT), "EASEL_WHEELHOUSE": str(real_weights / "wheels"),
            "TORCH_SPEC": f"torch=={torch.__version__.split('+')[0]} torchvision=={torchvision.__version__.split('+')[0]}",
            "PYTHON": sys.executable.replace(sys.prefix, sys.base_prefix) if sys.prefix != sys.base_prefix else sys.executable}
     done = subprocess.run(["sh", str(DEPLOY / "install.sh")], env=env, capture_output=True, text=True, timeout=1200)
@@ -159,7 +159,7 @@ def test_the_kuberay_manifest_serves_our_application_and_points_the_bot_at_its_h
     assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
     (application,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     module, _, builder = application["import_path"].partition(":")
-    assert module == "models.pool.ray_serve" and builder == "app"
+    assert module == "models.ray_app" and builder == "app"
     assert (ROOT / (module.replace(".", "/") + ".py")).read_text().count(f"\ndef {builder}(") == 1
     names = set(Settings.variables())
     cluster = service["spec"]["rayClusterConfig"]

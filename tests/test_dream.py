@@ -16,7 +16,7 @@ from models.gan.dcgan import Generator, latents, morph_latents, slerp, variation
 @pytest.fixture(scope="module")
 def generator(real_weights):
     net = Generator().eval()
-    net.load_state_dict(weights.load("gan-faces"))
+    net.load_state_dict(weights.load("gan-faces", real_weights))
     return net
 
 

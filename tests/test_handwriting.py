@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models.handwriting import augment, train
 from models.handwriting.charset import CHARSET, covers
-from models.handwriting.data import held_out_chars, pack_bits, read_reference
+from models.handwriting.glyphs import read_reference
 from models.handwriting.model import CONTENT_CACHE, GlyphVAE, free_bits_kl, kl_per_dim, load
 from models.weights import save_half
+from research import debian
+from research.handwriting import augment, fonts, train
+from research.handwriting.data import held_out_chars, pack_bits
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,30 @@ def test_sampled_hands_hold_one_training_face_and_no_held_out_character(tmp_path
     assert len(np.unique(data.char[rows])) > 100
     glyphs, refs = sampler.batch(4, torch.Generator().manual_seed(0))
     assert glyphs.shape == refs.shape == (4, 6, 64, 64)
+
+
+def test_fonts_fetch_each_missing_package_once_and_unpack_it_into_the_cache(tmp_path, monkeypatch):
+    """The Debian fetch (research.debian, shared with the training photos), with apt-get and dpkg-deb faked."""
+    calls = []
+
+    def run(command, cwd=None, **kwargs):
+        calls.append(command[:2])
+        if command[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{command[2]}_1.0-1_all.deb").touch()
+        elif command[0] == "dpkg-deb":
+            name = Path(command[2]).name.split("_")[0]
+            for face in fonts.FACES + (fonts.REFERENCE,):
+                if face.package == name:
+                    (Path(command[3]) / face.path).parent.mkdir(parents=True, exist_ok=True)
+                    (Path(command[3]) / face.path).touch()
+
+    monkeypatch.setattr(debian.subprocess, "run", run)
+    dkg = tuple(f for f in fonts.FACES if f.package == "fonts-dkg-handwriting")
+    assert len(dkg) == 2  # one package, two faces
+    root = fonts.fetch(dkg + (fonts.REFERENCE,), tmp_path)
+    assert root == tmp_path / "root" and all((root / f.path).is_file() for f in dkg)
+    assert calls == [["apt-get", "download"], ["dpkg-deb", "-x"]] * 2
+    assert debian.package_versions(tmp_path) == {"fonts-dkg-handwriting": "1.0-1", "fonts-wqy-microhei": "1.0-1"}
+    calls.clear()
+    fonts.fetch(dkg, tmp_path)  # everything is there: nothing is fetched or unpacked again
+    assert calls == []

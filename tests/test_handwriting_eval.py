@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.handwriting.evaluate import accuracy, centred, edit_distance, scored
+from research.handwriting.evaluate import accuracy, centred, edit_distance, scored
 
 
 def test_accuracy_is_one_minus_edits_over_the_reference_length():

@@ -1,4 +1,4 @@
-"""Odd, hostile and huge files (issue 17): each is processed correctly or refused with one sentence,
+"""Odd, hostile and huge files: each is processed correctly or refused with one sentence,
 through the real pool and through the command line; never a traceback, a blank picture, library
 chatter on stderr or a stalled worker."""
 

@@ -20,7 +20,6 @@ from models import samples  # noqa: E402
 from models.errors import BusyError, Cancelled  # noqa: E402
 from models.jobs import CancelOutcome, Job, Progress  # noqa: E402
 from models.pool import InferencePool, PoolConfig  # noqa: E402
-from models.pool.local import BUSY  # noqa: E402
 from models.pool.ray_serve import RayConfig, RayPool  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -86,7 +85,7 @@ async def test_the_queue_bound_turns_into_the_busy_sentence(ray_pool):
     job = Job("fix", {"max_side": 384}, {"photo": photo("astronaut", 384)})
     outcomes = await asyncio.gather(*(ray_pool.submit(job) for _ in range(16)), return_exceptions=True)  # > 8 + 6
     refused = [o for o in outcomes if isinstance(o, BaseException)]
-    assert refused and all(isinstance(o, BusyError) and str(o) == BUSY for o in refused), refused
+    assert refused and all(isinstance(o, BusyError) and str(o) == BusyError.QUEUE_FULL for o in refused), refused
     assert len(refused) < len(outcomes) and ray_pool.status()["queued"] == ray_pool.status()["running"] == 0
 
 

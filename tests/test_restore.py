@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import photo_array
-from models.restore import evaluate as ev
 from models.restore.tiling import restore_tiled
+from research.restore import evaluate as ev
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def coffee() -> np.ndarray:
-    """scikit-image's coffee photo: held out of training (models/restore/photos.py)."""
+    """scikit-image's coffee photo: held out of training (research/restore/photos.py)."""
     return photo_array("coffee").astype(np.float32) / 255
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models.restore import evaluate as ev
-from models.restore.degrade import blur
 from models.restore.net import KernelDeblurNet
 from models.weights import save_half
+from research.restore import evaluate as ev
+from research.restore.degrade import blur
 
 DELTA = np.pad(np.ones((1, 1), np.float32), 1)
 

@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 
 from conftest import photo_array
 from models import samples
-from models.restore import degrade, fourier, kernel, kernel_bench, photos, train
-from models.restore import evaluate as ev
+from models.restore import fourier, kernel
 from models.restore.net import KernelDeblurNet, UNet, from_state
 from models.restore.tiling import restore_tiled
 from models.weights import save_half
+from research.restore import degrade, kernel_bench, photos, train
+from research.restore import evaluate as ev
 
 
 @pytest.fixture(scope="module")

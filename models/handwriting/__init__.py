@@ -1,6 +1,6 @@
 """Generated handwriting: a conditional VAE that writes any character of its set in a hand drawn from z.
 
-Public API (pure PyTorch; fonts are needed only to build data, never at run time):
+Public API (pure PyTorch; no fonts at run time: the data is built in `research.handwriting`):
 
     model = load("cpu")                       # committed fp16 weights + reference glyphs
     z = model.prior(seed, temperature)        # one hand; lower temperature = neater, closer to the average
@@ -13,6 +13,6 @@ every other character sits on row BASELINE and is centred horizontally on its in
 
 from models.handwriting.charset import CHARSET, covers
 from models.handwriting.model import HandwritingModel, load
-from models.handwriting.render import BASELINE, CELL
+from models.handwriting.glyphs import BASELINE, CELL
 
 __all__ = ["BASELINE", "CELL", "CHARSET", "HandwritingModel", "covers", "load"]

@@ -1,6 +1,6 @@
 """Where each written glyph goes on the page, so the text looks written, not typeset in a grid.
 
-Glyph cells are CELL x CELL (see `render.py`): letters sit on row BASELINE and are measured by their
+Glyph cells are CELL x CELL (see `glyphs.py`): letters sit on row BASELINE and are measured by their
 ink, so i is narrow and m wide; ideographs are centred on their ink and take about a square `EM`.
 A request's seed also fixes the hand's habits (spacing, size, slope) and every small per-glyph
 wobble, so the same seed lays out the same page; neatness calms the wobble.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.handwriting.charset import is_ideograph
-from models.handwriting.render import BASELINE, CELL
+from models.handwriting.glyphs import BASELINE, CELL
 from models.handwriting.text import SPACES
 
 EM = 50  # an ideograph's square: its ink is about 46 px tall

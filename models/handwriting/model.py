@@ -207,7 +207,7 @@ class HandwritingModel:
 def from_state(state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu") -> HandwritingModel:
     """The model from a float32 state dict (the pool's worker reads it through the weights registry)
     and the committed reference glyphs."""
-    from models.handwriting.data import read_reference
+    from models.handwriting.glyphs import read_reference
 
     net = GlyphVAE()
     net.load_state_dict(state)

@@ -32,7 +32,7 @@ BOX_LEVEL = 5  # 8-bit alpha above which a pixel counts towards the ink box (2%)
 @functools.cache
 def fallback() -> np.ndarray:
     """The box drawn for characters outside the charset, around the reference '?' shipped with the weights."""
-    from models.handwriting.data import read_reference
+    from models.handwriting.glyphs import read_reference
 
     chars, glyphs = read_reference()
     return fallback_glyph(glyphs[chars.index("?")].astype(np.float32))

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.images import Limits
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/easel, else ~/.cache/easel (EASEL_CACHE_DIR, read by the settings, overrides it)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "easel"
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,7 @@ class PoolConfig:
     cpu_threads: int = 0  # 0: all cores
     limits: Limits = Limits()
     tasks: tuple[str, ...] | None = None  # task names to serve; None: every registered task
-    cache_dir: Path | None = None  # converted weights; None: EASEL_CACHE_DIR or its default
+    cache_dir: Path = field(default_factory=default_cache_dir)  # converted weights; the settings pass EASEL_CACHE_DIR
 
 
 @dataclass(frozen=True)

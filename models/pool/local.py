@@ -20,14 +20,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from models.errors import BusyError, Cancelled, EaselError, JobTimeout, UserError
-from models.images import Limits
+from models.errors import BusyError, Cancelled, EaselError, JobTimeout
 from models.jobs import CancelOutcome, Job, Progress, Result
+from models.pool.base import Admit, EndedJobs, ProgressCallback, deadline_s, plan, task_for
 from models.pool.config import PoolConfig
 from models.pool.devices import resolve_devices, tune_process, usable_cores
 from models.pool.estimate import WaitEstimator
@@ -37,11 +37,6 @@ from models.tasks import TASKS, Plan, Task
 
 log = logging.getLogger("easel.pool")
 
-ProgressCallback = Callable[[Progress], None]
-Admit = Callable[[float], None]
-SHUTTING_DOWN = "The bot is shutting down; please try again in a minute."
-BUSY = "I'm busy with a queue of requests right now; please try again in a moment."
-CANCELLED = "🛑 Cancelled, as you asked."
 
 
 def _duration(seconds: float) -> str:
@@ -51,17 +46,8 @@ def _duration(seconds: float) -> str:
 def _queue_full(wait_s: float | None) -> str:
     """The full-queue refusal, with the wait when the pool has measured enough to say it."""
     if wait_s is None:
-        return BUSY
+        return BusyError.QUEUE_FULL
     return f"I'm busy with a queue of requests right now (about {_duration(wait_s)} of work); please try again after that."
-
-
-async def plan(task: Task, job: Job, limits: Limits, executor: Executor | None) -> Plan:
-    """The task's plan. One that reads uploads (headers) runs on `executor`'s threads, so no file,
-    however crafted, holds up the event loop and with it every other person's acknowledgement;
-    one of options alone (well under a millisecond) runs at once, so jobs sent together stay together."""
-    if not job.images:
-        return task.plan(job, limits)
-    return await asyncio.get_running_loop().run_in_executor(executor, task.plan, job, limits)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -78,23 +64,6 @@ def _progress(loop: asyncio.AbstractEventLoop, batch: list[_Ticket], fraction: f
 
 def _wanted(batch: list[_Ticket], i: int) -> bool:
     return not batch[i].cancelled
-
-
-class EndedJobs:
-    """How the latest jobs ended, by id, so that a late Cancel press is answered truthfully."""
-
-    def __init__(self, remembered: int = 4096) -> None:
-        self.remembered = remembered
-        self._outcomes: dict[str, CancelOutcome] = {}  # oldest first
-
-    def remember(self, job_id: str, outcome: CancelOutcome) -> None:
-        self._outcomes.pop(job_id, None)
-        self._outcomes[job_id] = outcome
-        if len(self._outcomes) > self.remembered:
-            del self._outcomes[next(iter(self._outcomes))]
-
-    def outcome(self, job_id: str) -> CancelOutcome:
-        return self._outcomes.get(job_id, CancelOutcome.UNKNOWN)
 
 
 @dataclass(eq=False)
@@ -191,7 +160,7 @@ class InferencePool:
         for ticket in self._queue.order() + list(self._running):
             ticket.cancelled = True
             if not ticket.future.done():
-                ticket.future.set_exception(BusyError(SHUTTING_DOWN))
+                ticket.future.set_exception(BusyError(BusyError.SHUTTING_DOWN))
         self._queue = FairQueue()
         for loop_task in self._loops:
             loop_task.cancel()
@@ -209,7 +178,7 @@ class InferencePool:
         could not finish within `timeout`), JobTimeout, ResourceError. Cancelling the await drops the job.
         `admit(cost)` is called once the job's cost is known, before it queues, and may refuse it by
         raising an EaselError (the bot's daily quota reserves the cost there)."""
-        task = self._task(job)
+        task = task_for(self.tasks, job, self.started and not self._closing)
         planned = await plan(task, job, self.config.limits, self._cpu)
         if admit is not None:
             admit(planned.cost)
@@ -220,29 +189,20 @@ class InferencePool:
             return await asyncio.wait_for(asyncio.shield(ticket.future), timeout)
         except TimeoutError:
             self._drop(ticket)
-            raise JobTimeout(f"That took longer than {timeout:.0f} seconds and was stopped.") from None
+            raise JobTimeout.after(timeout) from None
         except asyncio.CancelledError:
             self._drop(ticket)
             raise
-
-    def _task(self, job: Job) -> Task:
-        """The job's task, if the pool is taking work and serves it."""
-        if self._closing or not self.started:
-            raise BusyError(SHUTTING_DOWN)
-        task = self.tasks.get(job.task)
-        if task is None:
-            raise UserError(f"There is no {job.task!r} command here.")
-        return task
 
     def _admit(self, job: Job, task: Task, plan: Plan, on_progress: ProgressCallback | None,
                timeout: float | None) -> tuple[_Ticket, float]:
         """Queue the planned job in its turn, or refuse it: a full queue, or a wait longer than `timeout`."""
         if self._closing:  # began while the job was being planned
-            raise BusyError(SHUTTING_DOWN)
+            raise BusyError(BusyError.SHUTTING_DOWN)
         if len(self._queue) >= self.config.max_queue:
             queued = ((t.task.name, t.cost) for t in self._queue.order())
             raise BusyError(_queue_full(self.estimator.wait_s(task.name, plan.cost, queued, len(self._workers))))
-        timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
+        timeout = deadline_s(timeout, self.config)
         now = self.clock()
         ticket = _Ticket(job, task, plan, asyncio.get_running_loop().create_future(), on_progress, now, now - self._last_submit)
         self._queue.push(ticket)
@@ -269,7 +229,7 @@ class InferencePool:
         Cancelled now. Otherwise says whether it was cancelled before, had ended, or is unknown here."""
         for ticket in [*self._queue.order(), *self._running]:
             if ticket.job.id == job_id and not ticket.future.done():
-                self._drop(ticket, Cancelled(CANCELLED))
+                self._drop(ticket, Cancelled(Cancelled.AS_ASKED))
                 return CancelOutcome.CANCELLED
         return self._ended.outcome(job_id)
 

@@ -10,7 +10,7 @@ loads the weights itself from the cache. `@serve.batch` has no key, so the repli
 batch queue per batch key (`Plan.key`), each a `serve.batch` function made on first use.
 Ray's router spreads jobs over replicas and bounds the queue at each caller
 (`max_queued_requests`); its order is first come, first served: the local pool's turns
-between servers and people do not apply here (README, "When one machine is not enough").
+between servers and people do not apply here (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -32,13 +32,14 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from models.errors import BusyError, Cancelled, EaselError, JobTimeout, UserError
+from models.errors import BusyError, Cancelled, EaselError, JobTimeout
 from models.jobs import CancelOutcome, Job, Progress, Result
+from models.pool.base import Admit, EndedJobs, ProgressCallback, deadline_s, plan, task_for
 from models.pool.config import PoolConfig, RayConfig
 from models.pool.devices import resolve_devices, tune_process, usable_cores
-from models.pool.local import BUSY, CANCELLED, SHUTTING_DOWN, Admit, EndedJobs, ProgressCallback, plan
+from models.pool.queue import next_batch
 from models.pool.worker import Outcome, Worker
-from models.tasks import TASKS, Task
+from models.tasks import TASKS, Task, no_progress
 
 log = logging.getLogger("easel.pool")
 
@@ -58,6 +59,7 @@ class Replica:
         self.worker = Worker(device, config, self.cpu)
         self.tasks = {name: TASKS[name] for name in (config.tasks or tuple(TASKS))}
         self.batchers: dict[Hashable, Callable[[tuple[Job, float]], Any]] = {}
+        self.cancelled = EndedJobs()  # requests Serve cancelled while their batch was forming or running
         if config.preload:  # the constructor runs before the replica takes requests
             for task in self.tasks.values():
                 self.worker.nets_for(task)
@@ -66,9 +68,10 @@ class Replica:
 
     async def run(self, job: Job) -> AsyncIterator[Progress | Outcome]:
         """Stream "running" once the job is on this replica, then its Result or EaselError (as a value)."""
-        task = self.tasks.get(job.task)
-        if task is None:
-            yield UserError(f"There is no {job.task!r} command here.")
+        try:
+            task = task_for(self.tasks, job, taking_work=True)
+        except EaselError as error:
+            yield error
             return
         yield Progress("running")
         try:
@@ -76,7 +79,11 @@ class Replica:
         except EaselError as error:
             yield error
             return
-        yield await self._batcher(task, planned.key)((job, planned.cost))
+        try:
+            yield await self._batcher(task, planned.key)((job, planned.cost))
+        except asyncio.CancelledError:  # the caller cancelled: its batch skips it from the next piece or tile on
+            self.cancelled.remember(job.id, CancelOutcome.ALREADY_CANCELLED)
+            raise
 
     def _batcher(self, task: Task, batch_key: Hashable) -> Callable[[tuple[Job, float]], Any]:
         """The batch queue for one task and key: jobs with equal keys share a model run."""
@@ -89,15 +96,20 @@ class Replica:
         return self.batchers[key]
 
     async def _process(self, task: Task, planned: list[tuple[Job, float]]) -> list[Outcome]:
-        """Run a batch of (job, its plan's cost) on the worker's thread, in pieces within the device's megapixel budget."""
+        """Run a batch of (job, its plan's cost) on the worker's thread, in pieces within the device's
+        megapixel budget; a job whose request was cancelled is skipped from then on (tiles included)."""
         jobs = [job for job, _ in planned]
         outcomes: list[Outcome] = [RuntimeError("not run")] * len(jobs)
         loop = asyncio.get_running_loop()
         for piece in _within_budget([cost for _, cost in planned], self.worker.batch_megapixels):
             def deliver(i: int, outcome: Outcome, piece: list[int] = piece) -> None:
                 outcomes[piece[i]] = outcome
+
+            def wanted(i: int, piece: list[int] = piece) -> bool:
+                return self.cancelled.outcome(jobs[piece[i]].id) is CancelOutcome.UNKNOWN
             # Progress within a batch stays on the replica: the person sees "running".
-            await loop.run_in_executor(self.worker.executor, self.worker.process, task, [jobs[i] for i in piece], deliver)
+            await loop.run_in_executor(self.worker.executor, self.worker.process, task, [jobs[i] for i in piece], deliver,
+                                       no_progress, wanted)
         return [o if isinstance(o, Result | EaselError) else RuntimeError(f"{type(o).__name__}: {o}") for o in outcomes]
 
     def status(self) -> dict[str, Any]:
@@ -106,16 +118,25 @@ class Replica:
                 "node": ray.get_runtime_context().get_node_id()}
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """A job of a Serve batch as the queue's batch choice sees it: all of one party and one key."""
+
+    index: int
+    cost: float
+    guild: str = ""
+    user: str = ""
+    key: Hashable = ()
+
+
 def _within_budget(costs: list[float], budget: float) -> list[list[int]]:
-    """Consecutive pieces of a batch whose costs fit the budget (a single job may exceed it alone)."""
-    pieces: list[list[int]] = [[]]
-    total = 0.0
-    for i, cost in enumerate(costs):
-        if pieces[-1] and total + cost > budget:
-            pieces.append([])
-            total = 0.0
-        pieces[-1].append(i)
-        total += cost
+    """Consecutive pieces of a batch whose costs fit the budget (a single job may exceed it alone),
+    cut by the local pool's own batch choice (`next_batch`)."""
+    left, pieces = [_Piece(i, cost) for i, cost in enumerate(costs)], []
+    while left:
+        piece, _ = next_batch(left, len(left), budget, lambda guild: len(left))
+        pieces.append([p.index for p in piece])
+        left = left[len(piece):]
     return pieces
 
 
@@ -134,15 +155,6 @@ def application(config: PoolConfig, ray_config: RayConfig) -> serve.Application:
         logging_config={"enable_access_log": False},  # our runner logs each command once
     )
     return deployment.bind(replace(config, cpu_threads=threads))
-
-
-def app(args: dict[str, str]) -> serve.Application:
-    """The application from the EASEL_* environment, for a Serve config file or KubeRay's
-    RayService (`import_path: models.pool.ray_serve:app`); `args` is unused."""
-    from models.settings import ModelSettings
-
-    settings = ModelSettings.load(None)
-    return application(settings.pool_config(), settings.ray_config())
 
 
 def connect(address: str) -> None:
@@ -198,15 +210,11 @@ class RayPool:
                      admit: Admit | None = None) -> Result:
         """Run one job on a replica; a replica lost mid-job gets the job once more elsewhere.
         `admit(cost)`: as the local pool's, before the job leaves this process."""
-        if self._closing or not self.started:
-            raise BusyError(SHUTTING_DOWN)
-        task = self.tasks.get(job.task)
-        if task is None:
-            raise UserError(f"There is no {job.task!r} command here.")
+        task = task_for(self.tasks, job, self.started and not self._closing)
         planned = await plan(task, job, self.config.limits, self._planner)  # bad input is refused here, before any round trip
         if admit is not None:
             admit(planned.cost)
-        timeout = min(timeout or self.config.job_timeout_s, self.config.job_timeout_s)
+        timeout = deadline_s(timeout, self.config)
         tell = on_progress or _nobody
         self._idle.clear()
         attempts = asyncio.ensure_future(self._attempts(job, tell))
@@ -214,11 +222,11 @@ class RayPool:
         try:
             result = await asyncio.wait_for(attempts, timeout)
         except TimeoutError:
-            raise JobTimeout(f"That took longer than {timeout:.0f} seconds and was stopped.") from None
+            raise JobTimeout.after(timeout) from None
         except asyncio.CancelledError:
             if job.id not in self._cancelled:
                 raise
-            raise Cancelled(CANCELLED) from None
+            raise Cancelled(Cancelled.AS_ASKED) from None
         finally:
             self._jobs[job.id].remove(attempts)
             if not self._jobs[job.id]:
@@ -273,7 +281,7 @@ class RayPool:
                     return message
             raise RuntimeError("the replica ended the stream without a result")
         except BackPressureError:
-            raise BusyError(BUSY) from None
+            raise BusyError(BusyError.QUEUE_FULL) from None
         except asyncio.CancelledError:  # timed out, or the caller gave up: the replica may drop it
             with contextlib.suppress(Exception):
                 stream.cancel()  # returns at once: the assignment is cancelled, or already known

@@ -37,7 +37,7 @@ class Worker:
         self.device, self.config, self.cpu = device, config, cpu
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"easel-{device}")
         self.nets: dict[str, Any] = {}
-        self.channels_last = True  # faster convolutions on CUDA and on this project's CPUs (see README, Performance)
+        self.channels_last = True  # faster convolutions on CUDA and on this project's CPUs (docs/performance.md)
         self.batch_megapixels = config.max_batch_megapixels or (4.0 if device.type == "cpu" else float("inf"))
         self.busy = False
 

@@ -2,7 +2,7 @@
 
 It works per image (per tile, in /fix) in the Fourier domain, always in float32 (bf16 has too few
 bits for a spectrum). Kernels are (N, k, k) with their centre of mass on the middle pixel, the
-convention of `models.restore.degrade`: blurred = kernel * sharp (a true convolution).
+convention of `research.restore.degrade`: blurred = kernel * sharp (a true convolution).
 """
 
 from __future__ import annotations

@@ -10,16 +10,16 @@ from a few pixels wide up to the full kernel size, alternate
    2014 solve it the same way); then drop values under a fraction of its peak and normalise.
 
 Then the kernel is moved so its centre of mass sits exactly on its middle pixel (a Fourier
-shift), the convention of `models.restore.degrade`: a deconvolved image is not shifted. Last, it
+shift), the convention of `research.restore.degrade`: a deconvolved image is not shifted. Last, it
 must earn its place: where deconvolving with it does not make the image's gradients sparser, the
 image is taken as sharp and the kernel is a single point (see `_keep_if_it_sharpens`).
 
-Why not learn it: the first WienerDeblurNet estimated kernels in closed form from a learned edge
-map, once, and its kernels stayed far from the truth (L1 error 1.21 on shake after a GPU run).
-Iterating over scales is what makes estimation work (L1 error 0.94 on the benchmark's shake), and
-it needs no training data, so it is not limited to the shake shapes training drew. It needs area:
-on shake, Wiener with the estimate gains +0.9 dB from 256 px crops and +2.4 dB from 512 px crops
-(`python -m models.restore.kernel_bench --crop N`), hence KernelDeblurNet's 512 px tiles.
+Why not learn it: a kernel solved once, in closed form, from a learned edge map stays far from
+the truth (L1 error 1.21 on the benchmark's shake); iterating over scales is what makes estimation
+work (0.94), and it needs no training data, so it is not limited to the shake shapes training drew.
+It needs area: on shake, Wiener with the estimate gains +0.9 dB from 256 px crops and +2.4 dB
+from 512 px crops (`python -m research.restore.kernel_bench --crop N`), hence KernelDeblurNet's
+512 px tiles.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from models.restore import fourier
 
 @dataclass(frozen=True)
 class Search:
-    """The estimator's settings; the defaults are the ones measured in README."""
+    """The estimator's settings; the defaults are the ones measured in docs/models/deblur.md."""
 
     size: int = fourier.KERNEL_SIZE  # odd: the largest blur it can find (shake up to ~26 px)
     scale_ratio: float = math.sqrt(0.5)  # kernel (and image) size from one scale to the next

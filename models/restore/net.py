@@ -120,11 +120,9 @@ class KernelDeblurNet(nn.Module):
        the kernel is wrong.
 
     One kernel per input image: /fix feeds it 512 px tiles (estimation needs area), so blur that
-    varies across a photo gets one estimate per tile, blended by the tiling. The U-Net is the
-    first-generation net's (a residual U-Net on RGB alone, models/restore/deblurnet_run/), which
-    the first run was fine-tuned from, with a first layer that sees 9 channels and MIDDLE_BLOCKS
-    in its middle instead of 4: those run at 1/16 of the resolution, so on a CPU four more cost
-    7 % of the U-Net's time and add 1.6 M parameters.
+    varies across a photo gets one estimate per tile, blended by the tiling. The U-Net's first
+    layer sees 9 channels (the image and both deconvolutions' detail); its MIDDLE_BLOCKS run at
+    1/16 of the resolution, so depth there is cheap on a CPU.
     """
 
     tiling = {"cpu": Tiling(512, 64, 2), "cuda": Tiling(512, 64, 16)}
@@ -147,8 +145,8 @@ class KernelDeblurNet(nn.Module):
 def from_state(state: dict[str, torch.Tensor]) -> KernelDeblurNet:
     """A KernelDeblurNet with these weights, for inference.
 
-    Weights saved with fewer middle blocks (the first two runs had four) get the others as
-    identities (a NAFBlock's residual scales start at zero), so they compute exactly what they did.
+    Weights saved with fewer middle blocks get the others as identities (a NAFBlock's residual
+    scales start at zero), so they compute exactly what they were trained to.
     """
     state = {k: v.float() for k, v in state.items()}
     net = KernelDeblurNet()

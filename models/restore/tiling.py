@@ -3,8 +3,8 @@
 Each tile's prediction is weighted by a window that ramps up over the overlap from every tile
 edge, and the weighted sum is divided by the summed weights: a pixel near a tile edge (where
 the network saw little context) is taken mostly from the neighbouring tile, and no pixel ever
-switches abruptly from one tile to the next. Images thinner than MIN_SIDE are first padded by
-edge replication (a network's own reflect padding cannot exceed the side it reflects).
+switches abruptly from one tile to the next. Images thinner than MIN_TILE_SIDE are first padded
+by edge replication (a network's own reflect padding cannot exceed the side it reflects).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-MIN_SIDE = 64  # above any network's padding multiple, with some context for a 2048x1 strip
+MIN_TILE_SIDE = 64  # above any network's padding multiple, with some context for a 2048x1 strip
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def grid(height: int, width: int, tile: int, overlap: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """The tile shape and every tile's (top, left) for an image of this size (at least MIN_SIDE a side)."""
-    h, w = max(height, MIN_SIDE), max(width, MIN_SIDE)
+    """The tile shape and every tile's (top, left) for an image of this size (at least MIN_TILE_SIDE a side)."""
+    h, w = max(height, MIN_TILE_SIDE), max(width, MIN_TILE_SIDE)
     th, tw = min(tile, h), min(tile, w)
     return (th, tw), [(top, left) for top in _starts(h, th, overlap) for left in _starts(w, tw, overlap)]
 
@@ -73,7 +73,7 @@ def restore_tiled(
     job was cancelled) are skipped from then on, while the other images' tiles carry on; that
     image's output is then unfinished, for the caller to discard."""
     sizes = [image.shape[1:] for image in images]
-    images = [_at_least(image, MIN_SIDE) for image in images]
+    images = [_at_least(image, MIN_TILE_SIDE) for image in images]
     jobs: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)  # tile shape -> (image, top, left)
     for n, image in enumerate(images):
         shape, places = grid(*image.shape[1:], tile, overlap)

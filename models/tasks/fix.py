@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from models import images
 from models.jobs import File, Job, Result
 from models.restore.net import KernelDeblurNet, from_state
-from models.restore.tiling import MIN_SIDE, restore_tiled, tiled_pixels
+from models.restore.tiling import MIN_TILE_SIDE, restore_tiled, tiled_pixels
 from models.options import Option
 from models.tasks.base import Plan, RunContext, StateDict, Task, decode_cost, image_input, to_image, to_tensor
 from models.weights import DEBLUR
@@ -91,7 +91,7 @@ class Fix(Task):
         def forward(x: torch.Tensor) -> torch.Tensor:
             return net(ctx.tensor(x))  # full precision: the residual is finer than bf16 can hold
 
-        return restore_tiled(forward, [i.photo for i in items], tile=max(MIN_SIDE, cut.tile >> ctx.shrink),
+        return restore_tiled(forward, [i.photo for i in items], tile=max(MIN_TILE_SIDE, cut.tile >> ctx.shrink),
                              overlap=cut.overlap, batch=max(1, cut.batch >> ctx.shrink), progress=ctx.progress,
                              wanted=ctx.wanted)
 

@@ -1,6 +1,6 @@
 """A sheet to look at: the reference rendering, prior hands, and one sentence in five hands.
 
-    python -m models.handwriting.sample --weights DIR -o grid.png [--temperature 1.0]
+    python -m research.handwriting.sample --weights DIR -o grid.png [--temperature 1.0]
 
 DIR holds handwriting.safetensors (a training run's output, or the committed weights folder).
 The sentence is set with a crude ink-width spacing: enough to judge a hand, not the product layout.
@@ -61,7 +61,7 @@ def sheet(model: HandwritingModel, temperature: float) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.handwriting.sample", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m research.handwriting.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True, help="folder with handwriting.safetensors")
     parser.add_argument("-o", "--out", type=Path, default=Path("grid.png"))

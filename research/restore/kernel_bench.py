@@ -1,8 +1,8 @@
 """How good the blind kernel estimate is on the benchmark's cases, on its own, as JSON.
 
-    python -m models.restore.kernel_bench [--crop 512] [--images N]
+    python -m research.restore.kernel_bench [--crop 512] [--images N]
 
-Every held-out photo under every benchmark and unseen condition (`models.restore.evaluate`'s
+Every held-out photo under every benchmark and unseen condition (`research.restore.evaluate`'s
 seeded cases), cut to its central crop x crop (a /fix tile; 0: the whole photo): the kernel is
 estimated from the blurred crop alone (`kernel.estimate`), then reported per kind as its L1
 distance to the true kernel (0: exact; 2: nothing in common) and as the PSNR gain of Wiener
@@ -21,9 +21,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from models.restore import evaluate as ev
-from models.restore import fourier, kernel, photos
-from models.restore.degrade import on_grid
+from models.restore import fourier, kernel
+from research.restore import evaluate as ev
+from research.restore import photos
+from research.restore.degrade import on_grid
 
 BALANCES = (0.003, 0.01, 0.03)
 

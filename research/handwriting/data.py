@@ -1,12 +1,13 @@
-"""Build the training data and the committed reference glyphs; read them back with numpy alone.
+"""Build the training data and the committed reference glyphs (the runtime reads them in
+`models.handwriting.glyphs`).
 
-    python -m models.handwriting.data pack --out .data/glyphs.npz [--cache .data/fonts]
-    python -m models.handwriting.data reference   # rewrites weights/reference.npz (committed)
+    python -m research.handwriting.data pack --out .data/glyphs.npz [--cache .data/fonts]
+    python -m research.handwriting.data reference   # rewrites models/handwriting/weights/reference.npz (committed)
 
 `pack` fetches the Debian fonts itself, keeps each face's cmap-covered characters of
 `CHARSET` that draw ink, and stores every glyph as 64x64 packed bits with its face and
 character index, the held-out faces and characters, and the reference glyphs, in one
-compressed file. Building needs fontTools (the `train` extra); reading needs only numpy.
+compressed file. Building needs fontTools (the `train` extra).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from models.handwriting.charset import CHARSET, gb2312_level1
+from models.handwriting.glyphs import REFERENCE_FILE
+from research import debian
 
-CELL = 64
-REFERENCE_FILE = Path(__file__).parent / "weights" / "reference.npz"
 HELD_OUT_CHARS = 200  # GB2312 characters never shown in training (seeded choice)
 HELD_OUT_SEED = 2026
 
@@ -31,11 +32,6 @@ def pack_bits(glyphs: np.ndarray) -> np.ndarray:
     return np.packbits(glyphs.reshape(len(glyphs), -1) >= (128 if glyphs.dtype == np.uint8 else 1), axis=1)
 
 
-def unpack_bits(bits: np.ndarray) -> np.ndarray:
-    """[N, 512] uint8 -> [N, 64, 64] uint8 in {0, 1}."""
-    return np.unpackbits(bits, axis=1).reshape(len(bits), CELL, CELL)
-
-
 def held_out_chars() -> np.ndarray:
     """A bool mask over CHARSET: the GB2312 characters kept out of training."""
     mask = np.zeros(len(CHARSET), dtype=bool)
@@ -43,12 +39,6 @@ def held_out_chars() -> np.ndarray:
     picks = np.random.default_rng(HELD_OUT_SEED).choice(len(CHARSET) - first, HELD_OUT_CHARS, replace=False)
     mask[first + picks] = True
     return mask
-
-
-def read_reference(file: Path = REFERENCE_FILE) -> tuple[str, np.ndarray]:
-    """The committed reference rendering: (charset, [C, 64, 64] uint8 in {0, 1})."""
-    with np.load(file) as f:
-        return str(f["charset"]), unpack_bits(f["bits"])
 
 
 @dataclass(frozen=True)
@@ -74,7 +64,7 @@ class Packed:
 
 
 def _render_face(path: Path, index: int, chars: str) -> tuple[np.ndarray, list[int]]:
-    from models.handwriting.render import open_face, render
+    from research.handwriting.render import open_face, render
 
     fonts = open_face(path, index)
     glyphs, kept = [], []
@@ -88,7 +78,7 @@ def _render_face(path: Path, index: int, chars: str) -> tuple[np.ndarray, list[i
 
 def build_reference(cache: Path) -> np.ndarray:
     """Render the whole charset in the reference face; every character must draw."""
-    from models.handwriting import fonts
+    from research.handwriting import fonts
 
     root = fonts.fetch((fonts.REFERENCE,), cache)
     glyphs, kept = _render_face(root / fonts.REFERENCE.path, fonts.REFERENCE.index, CHARSET)
@@ -99,7 +89,7 @@ def build_reference(cache: Path) -> np.ndarray:
 
 
 def pack(out: Path, cache: Path) -> None:
-    from models.handwriting import fonts
+    from research.handwriting import fonts
 
     root = fonts.fetch(fonts.FACES + (fonts.REFERENCE,), cache)
     bits, face_ids, char_ids, per_face = [], [], [], {}
@@ -112,8 +102,8 @@ def pack(out: Path, cache: Path) -> None:
         per_face[face.name] = {"package": face.package, "path": face.path, "glyphs": len(kept),
                                "held_out": face.held_out}
         print(f"{face.name:16s} {len(kept):5d} glyphs", flush=True)
-    recipe = {"command": f"python -m models.handwriting.data pack --out {out}",
-              "debian_packages": fonts.package_versions(cache), "faces": per_face,
+    recipe = {"command": f"python -m research.handwriting.data pack --out {out}",
+              "debian_packages": debian.package_versions(cache), "faces": per_face,
               "reference_face": fonts.REFERENCE.name, "held_out_chars": HELD_OUT_CHARS,
               "held_out_seed": HELD_OUT_SEED}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +116,7 @@ def pack(out: Path, cache: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.handwriting.data", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m research.handwriting.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("pack", "reference"))
     parser.add_argument("--out", type=Path, default=Path(".data/glyphs.npz"))

@@ -1,9 +1,9 @@
 """Does /doodle write legibly, in hands that differ between seeds and hold within a line? Prints JSON.
 
-    python -m models.handwriting.evaluate [--data .data/glyphs.npz] [--seeds 12] [--neatness N] [--images DIR]
+    python -m research.handwriting.evaluate [--data .data/glyphs.npz] [--seeds 12] [--neatness N] [--images DIR]
 
-* Legibility: a real OCR engine (Debian's tesseract with chi_sim and eng, installed with
-  apt-get if missing) reads natural sentences that /doodle wrote, through the product's own
+* Legibility: a real OCR engine (Debian's tesseract with chi_sim and eng: `apt-get install
+  tesseract-ocr tesseract-ocr-chi-sim tesseract-ocr-eng`, or `--skip ocr`) reads natural sentences that /doodle wrote, through the product's own
   path (the doodle task: model, layout, paper), several seeds each at the default neatness.
   Character accuracy is 1 - (edit distance / reference length), summed over lines; Chinese is
   scored on its ideographs, Latin on letters and digits, digits on digits. The ceiling is the
@@ -15,7 +15,7 @@
 * Reconstruction of held-out fonts (style encoder on 8 of a face's glyphs, then 64 others
   written with that z): L1 and SSIM, next to the average hand (z = 0); KL per latent dimension.
 
-The glyph data (`--data`) is built with `python -m models.handwriting.data pack` when missing.
+The glyph data (`--data`) is built with `python -m research.handwriting.data pack` when missing.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ import torch
 from PIL import Image
 
 from models.handwriting import charset, page
-from models.handwriting.data import Packed, unpack_bits
+from models.handwriting.glyphs import unpack_bits
 from models.handwriting.layout import LINE_PITCH
 from models.handwriting.model import HandwritingModel, kl_per_dim, load
 from models.jobs import Job
 from models.tasks.base import RunContext
 from models.tasks.doodle import NEATNESS, Doodle, temperature
+from research.handwriting.data import Packed
 
 # Held-out natural text, written for this benchmark (no training data is text: the model sees glyphs).
 CHINESE = [
@@ -58,16 +59,17 @@ ENGLISH = [  # one line each in any hand (about 32 letters at most), as are the 
 DIGITS = ["2026 11 30", "3 1415926 535", "0123 4567 89", "86 10 6275 1234", "1969 07 20", "555 0199 42"]
 
 
-def ensure_tesseract() -> str:
-    """Tesseract with Chinese and English, installed from Debian if missing; returns its version line."""
-    def ready() -> bool:
-        if shutil.which("tesseract") is None:
-            return False
-        langs = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True).stdout.split()
-        return {"chi_sim", "eng"} <= set(langs)
-    if not ready():
-        subprocess.run(["apt-get", "install", "-y", "-q", "tesseract-ocr", "tesseract-ocr-chi-sim", "tesseract-ocr-eng"],
-                       check=True, stdout=subprocess.DEVNULL)
+TESSERACT_PACKAGES = ("tesseract-ocr", "tesseract-ocr-chi-sim", "tesseract-ocr-eng")
+
+
+def tesseract_version() -> str:
+    """Tesseract's version line; stops with the command that installs it (with Chinese and
+    English) when it is missing: an evaluation installs nothing on the system."""
+    ready = shutil.which("tesseract") is not None and {"chi_sim", "eng"} <= set(
+        subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True).stdout.split())
+    if not ready:
+        raise SystemExit(f"tesseract with chi_sim and eng is missing: apt-get install {' '.join(TESSERACT_PACKAGES)}"
+                         " (or --skip ocr)")
     return subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
 
@@ -138,7 +140,7 @@ def legibility(model: HandwritingModel, seeds: list[int], neatness: float, image
 
 
 def _reference() -> tuple[str, np.ndarray]:
-    from models.handwriting.data import read_reference
+    from models.handwriting.glyphs import read_reference
 
     chars, glyphs = read_reference()
     return chars, glyphs.astype(np.float32)
@@ -292,7 +294,7 @@ def save_images(model: HandwritingModel, out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.handwriting.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m research.handwriting.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(".data/glyphs.npz"), help="packed glyphs (built if missing)")
     parser.add_argument("--seeds", type=int, default=12, help="hands per sentence (default 12)")
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if not args.data.exists():
-        from models.handwriting.data import pack
+        from research.handwriting.data import pack
 
         pack(args.data, args.data.parent / "fonts")
     torch.manual_seed(0)
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.images is not None:
         args.images.mkdir(parents=True, exist_ok=True)
     if "ocr" not in skip:
-        report["tesseract"] = ensure_tesseract()
+        report["tesseract"] = tesseract_version()
         report["ocr"] = legibility(model, seeds, args.neatness, args.images)
         print(json.dumps({"ocr": report["ocr"]}, ensure_ascii=False), file=sys.stderr, flush=True)
     report["diversity"] = diversity(model, data, list(range(1, 9)), args.neatness, rng)

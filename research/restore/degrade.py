@@ -1,4 +1,4 @@
-"""Synthetic blur kernels and degradations, shared by training and the evaluation benchmark.
+"""Synthetic blur kernels, shared by training and the evaluation benchmark.
 
 Every kernel is a float32 numpy array that sums to 1 with its centre of mass on the centre
 pixel: an off-centre kernel would also shift the image, and a restoration net would then have
@@ -7,13 +7,10 @@ to learn that shift instead of the deblurring.
 
 from __future__ import annotations
 
-import io
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 
@@ -103,57 +100,6 @@ def blur(images: torch.Tensor, kernel: np.ndarray, padding: str = "reflect") -> 
         p = k.shape[0] // 2
         images = F.pad(images, (p, p, p, p), mode=padding)
     return F.conv2d(images, weight, groups=channels)
-
-
-def jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """Round-trip one CHW image in 0..1 through JPEG at the given quality."""
-    array = (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "JPEG", quality=quality)
-    decoded = np.asarray(Image.open(buffer).convert("RGB"))
-    return torch.from_numpy(decoded.copy()).permute(2, 0, 1).float() / 255
-
-
-@dataclass(frozen=True)
-class Degradation:
-    """One sampled degradation: kernel, then noise, then optional JPEG."""
-
-    kind: str
-    kernel: np.ndarray
-    noise_sigma: float
-    jpeg_quality: int | None
-
-    @property
-    def margin(self) -> int:
-        return self.kernel.shape[0] // 2
-
-
-def sample_training_degradation(rng: np.random.Generator) -> Degradation:
-    """Draw the training mix: mostly motion, defocus and Gaussian blur, a little 'already sharp'."""
-    u = rng.uniform()
-    if u < 0.45:
-        kind, kernel = "motion", motion_kernel(rng, rng.uniform(3.0, 22.0))
-    elif u < 0.70:
-        kind, kernel = "defocus", disk_kernel(rng.uniform(1.0, 5.5))
-    elif u < 0.92:
-        kind, kernel = "gaussian", gaussian_kernel(rng.uniform(0.6, 3.6))
-    else:
-        kind, kernel = "sharp", gaussian_kernel(rng.uniform(0.2, 0.5))
-    noise = float(rng.uniform(0.0, 0.025)) if rng.uniform() < 0.8 else 0.0
-    quality = int(rng.integers(55, 96)) if rng.uniform() < 0.35 else None
-    return Degradation(kind, kernel, noise, quality)
-
-
-def apply_degradation(sharp: torch.Tensor, d: Degradation, rng: np.random.Generator) -> torch.Tensor:
-    """Degrade one CHW image whose border is `d.margin` pixels wider than the wanted output."""
-    blurred = blur(sharp[None], d.kernel, padding="valid")[0]
-    if d.noise_sigma:
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        blurred = blurred + d.noise_sigma * torch.randn(blurred.shape, generator=gen)
-    blurred = blurred.clamp(0, 1)
-    if d.jpeg_quality is not None:
-        blurred = jpeg(blurred, d.jpeg_quality)
-    return blurred
 
 
 # Camera shake for training, batched: each family draws (n, T, 2) trajectories and exposure

@@ -1,15 +1,16 @@
 """The fonts the training data is rendered from, fetched from Debian by package name.
 
-Each `Face` is one hand. Packages are fetched with `apt-get download NAME` and unpacked with
-`dpkg-deb -x` into a cache folder; nothing is installed on the system. Whole faces are held out
+Each `Face` is one hand. Packages are fetched and unpacked into a cache folder by
+`research.debian`; nothing is installed on the system. Whole faces are held out
 (`held_out=True`) to measure how the model encodes hands it never saw.
 """
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from research import debian
 
 _TT = "usr/share/fonts/truetype/"
 _OT = "usr/share/fonts/opentype/"
@@ -56,27 +57,8 @@ def fetch(faces: tuple[Face, ...], cache: Path) -> Path:
     Idempotent: a package already unpacked is not fetched again. Writes only under `cache`.
     """
     root = cache / "root"
-    debs = cache / "debs"
-    root.mkdir(parents=True, exist_ok=True)
-    debs.mkdir(parents=True, exist_ok=True)
-    for package in sorted({f.package for f in faces}):
-        if all((root / f.path).exists() for f in faces if f.package == package):
-            continue
-        if not list(debs.glob(f"{package}_*.deb")):
-            subprocess.run(["apt-get", "download", package], cwd=debs, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for deb in debs.glob(f"{package}_*.deb"):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    return root
-
-
-def package_versions(cache: Path) -> dict[str, str]:
-    """The exact Debian versions fetched, for the data recipe (read from the .deb file names)."""
-    versions = {}
-    for deb in sorted((cache / "debs").glob("*.deb")):
-        name, version, _ = deb.name.split("_")
-        versions[name] = version.replace("%3a", ":")
-    return versions
+    missing = {f.package for f in faces if not (root / f.path).exists()}
+    return debian.fetch(dict.fromkeys(missing), cache)
 
 
 def coverage(face: Face, root: Path, chars: str) -> str:

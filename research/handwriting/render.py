@@ -1,4 +1,4 @@
-"""Draw one character of a font into the 64x64 cell every glyph of this package lives in.
+"""Draw one character of a font into the CELL x CELL cell every glyph lives in (`models.handwriting.glyphs`).
 
 Ideographs are centred on their ink (as glyph-generation work does) at a size where 田 (in every Chinese
 face, simplified or traditional) is `IDEOGRAPH_HEIGHT` pixels tall. Everything else sits on row `BASELINE` at a size where H is
@@ -16,9 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from models.handwriting.charset import is_ideograph
+from models.handwriting.glyphs import BASELINE, CELL
 
-CELL = 64
-BASELINE = 46
 CAP_HEIGHT = 28
 IDEOGRAPH_HEIGHT = 46
 MAX_INK = 60  # a glyph wider or taller than this is scaled down to fit

@@ -1,6 +1,6 @@
 """Train the handwriting VAE on the packed glyphs, unchanged on CPU or CUDA.
 
-    python -m models.handwriting.train --data .data/glyphs.npz --device cuda --minutes 6 --out DIR
+    python -m research.handwriting.train --data .data/glyphs.npz --device cuda --minutes 6 --out DIR
 
 stops at --steps or --minutes, whichever comes first, and writes exactly three files to DIR:
 handwriting.safetensors (fp16 EMA weights), training.json (recipe, data, timings, losses,
@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.handwriting import augment
 from models.handwriting.charset import is_ideograph
-from models.handwriting.data import Packed, unpack_bits
+from models.handwriting.glyphs import unpack_bits
 from models.handwriting.model import Config, GlyphVAE, free_bits_kl, kl_per_dim
 from models.weights import save_half
+from research.handwriting import augment
+from research.handwriting.data import Packed
 
 WEIGHTS_NAME = "handwriting.safetensors"
 
@@ -309,7 +310,7 @@ def _write_outputs(out: Path, ema: GlyphVAE, data: Packed, sampler: HandSampler,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.handwriting.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m research.handwriting.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(".data/glyphs.npz"))
     parser.add_argument("--out", type=Path, required=True)
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     recipe = Recipe(**{k: getattr(args, k) for k in asdict(Recipe())})
-    command = shlex.join(["python", "-m", "models.handwriting.train", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "research.handwriting.train", *(sys.argv[1:] if argv is None else argv)])
     train(args.data, args.out, recipe, torch.device(args.device), args.checkpoint, args.resume, command)
 
 

@@ -1,6 +1,6 @@
 """CPU seconds per megapixel of deblurring nets, run as /fix runs them on a CPU, as JSON.
 
-    python -m models.restore.cost [--weights PATH ...] [--threads 1] [--runs 5]
+    python -m research.restore.cost [--weights PATH ...] [--threads 1] [--runs 5]
 
 Each net (the registry's deblur weights, then every --weights file) restores the first held-out
 photo at 768 px through its own CPU tiling, as /fix runs it (`tiling` in models/restore/net.py),
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from models.restore import evaluate as ev
-from models.restore import photos
 from models.restore.tiling import restore_tiled
+from research.restore import evaluate as ev
+from research.restore import photos
 
 
 def cpu_seconds(net: torch.nn.Module, image: torch.Tensor) -> float:

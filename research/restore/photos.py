@@ -1,7 +1,7 @@
 """The photographs /fix is trained and evaluated on: fetched by package name, split by whole image.
 
-Sources are Debian wallpaper packages that hold real photographs (fetched with
-`apt-get download NAME=VERSION`, unpacked with `dpkg-deb -x`) and scikit-image's sample photos.
+Sources are Debian wallpaper packages that hold real photographs (fetched at pinned versions by
+`research.debian`) and scikit-image's sample photos.
 Each photo is downscaled once (Lanczos, longer side at most `max_side`), which also removes
 most JPEG and sensor noise, so the prepared PNGs make clean, sharp targets.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from research import debian
 
 DEBIAN_PACKAGES = {
     "mate-backgrounds": "1.26.0-1",
@@ -55,17 +56,6 @@ PHOTOS: tuple[Photo, ...] = (
 )
 
 
-def _unpack_debian_packages(workdir: Path) -> Path:
-    root = workdir / "root"
-    root.mkdir()
-    for name, version in DEBIAN_PACKAGES.items():
-        subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=workdir, check=True,
-                       stdout=subprocess.DEVNULL)
-    for deb in sorted(workdir.glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    return root
-
-
 def _source_path(photo: Photo, debian_root: Path) -> Path:
     if photo.source == "scikit-image":
         import skimage
@@ -80,7 +70,7 @@ def prepare(data_dir: Path, max_side: int = 1600) -> Path:
     if done.exists():
         return data_dir
     with tempfile.TemporaryDirectory() as tmp:
-        debian_root = _unpack_debian_packages(Path(tmp))
+        debian_root = debian.fetch(DEBIAN_PACKAGES, Path(tmp))
         for photo in PHOTOS:
             image = Image.open(_source_path(photo, debian_root)).convert("RGB")
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -95,14 +85,14 @@ def load_split(data_dir: Path, split: str) -> dict[str, np.ndarray]:
     """All prepared photos of one split as HxWx3 uint8 arrays, by name."""
     folder = data_dir / split
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is missing: run `python -m models.restore.train --prepare-only` first")
+        raise FileNotFoundError(f"{folder} is missing: run `python -m research.restore.photos pack` first (it prepares them)")
     return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))}
 
 
 def default_data_dir() -> Path:
-    from models.weights import cache_dir
+    from models.settings import configured_cache_dir
 
-    return cache_dir() / "restore-data"
+    return configured_cache_dir() / "restore-data"
 
 
 PACK_SIDES = {"train": 1280, "held_out": 768}

@@ -1,13 +1,13 @@
 """Train KernelDeblurNet's refinement U-Net, reproducibly, on a CPU or a GPU (same script, same recipe).
 
-    python -m models.restore.photos pack --out .data/photos.npz          # once, where there is network
-    python -m models.restore.train --data .data/photos.npz --init models/restore/weights/deblur.safetensors --out DIR
+    python -m research.restore.photos pack --out .data/photos.npz          # once, where there is network
+    python -m research.restore.train --data .data/photos.npz --init models/restore/weights/deblur.safetensors --out DIR
 
 Two stages:
 
 1. **Regions.** `--regions` random 512 px regions of the training photos (at a random zoom,
    flipped, colours permuted), each blurred with one kernel of the training mix (five shake
-   families, defocus, Gaussian, almost none; `models.restore.degrade`), noised, then handled
+   families, defocus, Gaussian, almost none; `research.restore.degrade`), noised, then handled
    exactly as /fix handles a 512 px tile: its kernel estimated (`kernel.estimate`) and the
    region deconvolved with it (`net.deconvolve`). This is the slow, CPU-bound part; it runs in
    `--workers` processes and is cached beside the data, keyed by seed and count.
@@ -44,11 +44,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from models.restore import kernel, photos
-from models.restore.degrade import named_kernel, on_grid, sample_training_kernels
+from models.restore import kernel
 from models.restore.fourier import KERNEL_SIZE, fast_size, kernel_spectrum
 from models.restore.net import WIENER_BALANCES, KernelDeblurNet, deconvolve, from_state
 from models.weights import save_half
+from research.restore import photos
+from research.restore.degrade import named_kernel, on_grid, sample_training_kernels
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,7 @@ def write_outputs(out: Path, ema: KernelDeblurNet, rows: list[dict], r: Recipe, 
         writer.writerows(rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     report = {
-        "command": "python -m models.restore.train --device {} --minutes {:g} --steps {} --seed {} --regions {} "
+        "command": "python -m research.restore.train --device {} --minutes {:g} --steps {} --seed {} --regions {} "
                    "--data {} --init {} --out {}".format(device.type, r.minutes, r.steps, r.seed, r.regions, data, init, out),
         "recipe": asdict(r), "seed": r.seed, "steps_reached": step, "train_seconds": round(seconds, 1),
         "device": {"type": device.type, "name": name, "threads": torch.get_num_threads()},
@@ -338,7 +339,7 @@ def write_outputs(out: Path, ema: KernelDeblurNet, rows: list[dict], r: Recipe, 
                     "kernel_l1_mean": round(float(np.mean(regions.kernel_l1)), 3),
                     "validation_kernel_l1": {k: round(float(np.mean([e for e, kk in zip(val.kernel_l1, val.kinds) if kk == k])), 3)
                                              for k in VALIDATION_KINDS}},
-        "data": {"file": str(data), "bytes": data.stat().st_size, "packing": "python -m models.restore.photos pack",
+        "data": {"file": str(data), "bytes": data.stat().st_size, "packing": "python -m research.restore.photos pack",
                  "debian_packages": photos.DEBIAN_PACKAGES, "photos": [asdict(p) for p in photos.PHOTOS]},
         "final": rows[-1] if rows else None,
     }
@@ -348,7 +349,7 @@ def write_outputs(out: Path, ema: KernelDeblurNet, rows: list[dict], r: Recipe, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="photos packed by `python -m models.restore.photos pack`")
+    parser.add_argument("--data", type=Path, required=True, help="photos packed by `python -m research.restore.photos pack`")
     parser.add_argument("--init", type=Path, default=None,
                         help="weights to start from: the shipped models/restore/weights/deblur.safetensors "
                              "or an earlier run's")
@@ -366,7 +367,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="save a resumable checkpoint here")
     args = parser.parse_args()
     if not args.data.exists():
-        parser.error(f"{args.data} is missing: run `python -m models.restore.photos pack --out {args.data}` first")
+        parser.error(f"{args.data} is missing: run `python -m research.restore.photos pack --out {args.data}` first")
     recipe = Recipe(seed=args.seed, regions=args.regions, region=args.region, steps=args.steps, minutes=args.minutes,
                     batch=args.batch, crop=args.crop)
     train(recipe, args.data, args.init, args.out, torch.device(args.device), args.workers, args.resume, args.checkpoint)

@@ -1,6 +1,6 @@
 """How much the deblurring net helps on held-out photos, against the blurred input and classical baselines, as JSON.
 
-    python -m models.restore.evaluate [--weights PATH] [--images N] [--max-side 768] [--methods M,...] [--markdown]
+    python -m research.restore.evaluate [--weights PATH] [--images N] [--max-side 768] [--methods M,...] [--markdown]
 
 Every held-out photo (never seen in training) is downscaled once, then degraded under fixed,
 seeded conditions: motion blur, defocus and Gaussian blur at three strengths each, always
@@ -46,10 +46,11 @@ from skimage.metrics import structural_similarity
 from skimage.restoration import richardson_lucy, wiener
 
 from models import weights
-from models.restore import photos
-from models.restore.degrade import blur, named_kernel
 from models.restore.net import from_state
+from models.settings import configured_cache_dir
 from models.restore.tiling import Tiling, restore_tiled
+from research.restore import photos
+from research.restore.degrade import blur, named_kernel
 
 SEED = 2024
 NOISE_SIGMA = 0.01
@@ -58,7 +59,9 @@ PSNR_CAP_DB = 100.0  # identical images score this instead of infinity, which JS
 # Wider than the obvious 3x3: under noise the oracle picks gentle amounts and, for strong blur,
 # radius 5. Widening further (radius 8 and 12, amount 0.125) gained 0.02 dB on held-out photos.
 UNSHARP_GRID = tuple((radius, amount) for radius in (1.0, 2.0, 3.0, 5.0) for amount in (0.25, 0.5, 1.0, 2.0))
-WIENER_BALANCES = (0.003, 0.01, 0.03, 0.1)
+# The classical Wiener baseline's noise-to-signal weights, oracle-tuned per image (the net's own two
+# are models.restore.net.WIENER_BALANCES).
+WIENER_GRID = (0.003, 0.01, 0.03, 0.1)
 RL_ITERATIONS = (10, 30)
 
 
@@ -155,7 +158,7 @@ def unsharp_candidates(degraded: np.ndarray, kernel: np.ndarray) -> dict[str, np
 
 def wiener_candidates(degraded: np.ndarray, kernel: np.ndarray) -> dict[str, np.ndarray]:
     return {f"balance={b:g}": _per_channel(degraded, kernel.shape[0], lambda x, b=b: wiener(x, kernel, b))
-            for b in WIENER_BALANCES}
+            for b in WIENER_GRID}
 
 
 def richardson_lucy_candidates(degraded: np.ndarray, kernel: np.ndarray) -> dict[str, np.ndarray]:
@@ -265,7 +268,7 @@ def benchmark_settings(images: dict[str, np.ndarray], conditions: tuple[Conditio
         "score_region": f"interior: border of kernel radius + {BORDER_EXTRA} px cropped, same for every method",
         "psnr_cap_db": PSNR_CAP_DB,
         "tiling": asdict(tiling),
-        "grids": {"unsharp_radius_amount": [list(g) for g in UNSHARP_GRID], "wiener_balance": list(WIENER_BALANCES),
+        "grids": {"unsharp_radius_amount": [list(g) for g in UNSHARP_GRID], "wiener_balance": list(WIENER_GRID),
                   "richardson_lucy_num_iter": list(RL_ITERATIONS)},
         "oracle_tuning": "unsharp, wiener and richardson_lucy are oracle-tuned: per image and condition they keep "
                          "the grid setting with the best PSNR against the sharp photo, an advantage no real user "
@@ -292,7 +295,7 @@ def evaluate(images: dict[str, np.ndarray], net: torch.nn.Module, conditions: tu
             log(f"{name} {condition.name}: " + ", ".join(f"{m} {s.psnr:.2f} dB" for m, s in scores.items()))
     names = [m.name for m in chosen]
     seen = {c.name for c in conditions}
-    report = {"benchmark": "models.restore.evaluate", "machine": machine(),
+    report = {"benchmark": "research.restore.evaluate", "machine": machine(),
               "settings": benchmark_settings(images, conditions, seed, net.tiling["cpu"]), "methods": {m.name: m.family for m in chosen},
               **aggregate([r for r in rows if r["condition"] in seen], conditions, names)}
     if unseen:
@@ -323,7 +326,7 @@ def load_net(weights_path: Path | None) -> torch.nn.Module:
     """Our registry weights, or a given .safetensors file or training checkpoint (its EMA weights);
     the architecture follows from the weights."""
     if weights_path is None:
-        state = weights.load("deblur")
+        state = weights.load("deblur", configured_cache_dir())
     elif weights_path.suffix == ".pt":
         state = torch.load(weights_path, map_location="cpu", weights_only=False)["ema"]
     else:

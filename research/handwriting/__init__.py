@@ -1,0 +1,1 @@
+"""/doodle's handwriting VAE: its fonts, glyph data, augmentation, training, samples and evaluation."""
