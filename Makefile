@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo lint test bench
 
 setup: $(VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/easel weights fetch
 	$(BIN)/easel demo
+
+lint: setup
+	$(BIN)/lint-imports
 
 test: setup
 	$(BIN)/python -m pytest
