@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -184,21 +184,14 @@ async def defer(interaction: discord.Interaction) -> None:
 
     If the answer is lost, the private original tells whether Discord took the defer; only if it
     did not is it sent again (a repeat refused with 40060 means an earlier one had landed)."""
-    for attempt in range(1, POST_ATTEMPTS + 1):
+    async def send() -> None:
         try:
-            with _once():
-                await interaction.response.defer(ephemeral=True, thinking=True)
-            return
-        except AnswerLost as lost:
-            log.warning("the answer to a defer was lost (%s, attempt %d): looking for its message", lost, attempt)
-            if await _has_original(interaction):
-                break
-            if attempt == POST_ATTEMPTS:
-                raise
+            await interaction.response.defer(ephemeral=True, thinking=True)
         except discord.HTTPException as error:
             if error.code != ALREADY_ACKNOWLEDGED:
                 raise
-            break
+
+    await _exactly_once("a defer", send, lambda: _has_original(interaction))
     interaction.extras[ACKNOWLEDGED] = True
 
 
@@ -215,20 +208,29 @@ async def send_result(interaction: discord.Interaction, result: Result, text: st
     while it still loads would become it, private. If the upload then fails, the caller's error edit
     replaces DONE; if its answer is lost, the channel says whether it landed before it is sent again."""
     await interaction.edit_original_response(content=DONE, view=None)
+
+    async def send() -> None:
+        await interaction.followup.send(text, files=result_files(result), view=view if view is not None else discord.utils.MISSING)
+
+    await _exactly_once("a result's post", send, lambda: _posted(interaction))
+
+
+async def _exactly_once(what: str, send: Callable[[], Awaitable[None]], landed: Callable[[], Awaitable[bool | None]]) -> None:
+    """`send()` with discord.py's automatic repeat off; after a lost answer, `landed()` says whether
+    Discord did it after all (None: it cannot tell) before it is sent again, at most POST_ATTEMPTS times."""
     for attempt in range(1, POST_ATTEMPTS + 1):
         try:
             with _once():
-                await interaction.followup.send(text, files=result_files(result),
-                                                view=view if view is not None else discord.utils.MISSING)
+                await send()
             return
         except AnswerLost as lost:
-            log.warning("the answer to a result's post was lost (%s, attempt %d): looking for it", lost, attempt)
-            landed = await _posted(interaction)
-            if landed:
+            log.warning("the answer to %s was lost (%s, attempt %d): looking for it", what, lost, attempt)
+            found = await landed()
+            if found:
                 return
-            if landed is None:
+            if found is None:
                 raise ResultUncertain(UNSURE) from None
-    raise AnswerLost(f"the result's post was lost {POST_ATTEMPTS} times")
+    raise AnswerLost(f"the answer to {what} was lost {POST_ATTEMPTS} times")
 
 
 async def _posted(interaction: discord.Interaction) -> bool | None:

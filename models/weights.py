@@ -38,6 +38,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CARD = re.compile(r"docs/models/[a-z0-9-]+\.md")
 
 
+def _check_sha256(what: str, sha256: str) -> None:
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"{what}: sha256 must be 64 lowercase hex digits")
+
+
 @dataclass(frozen=True)
 class Wheel:
     name: str
@@ -45,8 +50,7 @@ class Wheel:
     sha256: str
 
     def __post_init__(self) -> None:
-        if not _SHA256.fullmatch(self.sha256):
-            raise ValueError(f"{self.name}=={self.version}: sha256 must be 64 lowercase hex digits")
+        _check_sha256(f"{self.name}=={self.version}", self.sha256)
 
     @property
     def filename_prefix(self) -> str:
@@ -63,8 +67,7 @@ class Artefact:
     title: str
 
     def __post_init__(self) -> None:
-        if not _SHA256.fullmatch(self.sha256):
-            raise ValueError(f"{self.repo_file}: sha256 must be 64 lowercase hex digits")
+        _check_sha256(self.repo_file, self.sha256)
 
     @property
     def file(self) -> Path:

@@ -8,10 +8,9 @@ import io
 import logging
 import os
 import re
-import struct
+import contextlib
 import threading
 import time
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from models import images, samples
 
 from models.jobs import Job
 from models.tasks import TASKS
-from test_bot import one_public_result, only_one_sentence, photo, sandbox_settings
+from odd_images import png_chunk
+from test_bot import _hold_prepare, one_public_result, only_one_sentence, photo, sandbox_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,17 +48,13 @@ async def sandbox(real_weights) -> AsyncIterator[tuple[DiscordEmulator, object]]
     await emulator.stop()
 
 
-def _chunk(kind: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def png_with_empty_chunks(count: int) -> bytes:
     """A valid 64x64 PNG with `count` empty ancillary chunks between its pixels and IEND."""
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (30, 120, 200)).save(buffer, "PNG")
     data = buffer.getvalue()
     end = data.rindex(b"IEND") - 4
-    return data[:end] + _chunk(b"abCd") * count + data[end:]
+    return data[:end] + png_chunk(b"abCd", b"") * count + data[end:]
 
 
 def jpeg_with_fill(count: int) -> bytes:
@@ -158,26 +154,17 @@ async def test_tall_morphs_teach_the_estimate_no_wrong_speed(sandbox):
     one_public_result(await ahead.wait(timeout=120))
 
 
-class holding_dream:
-    """While inside, /dream's prepare waits (on the worker's threads) until the block ends: a job that runs a while."""
-
-    def __init__(self, bot) -> None:
-        self.dream = bot.pool.tasks["dream"]
-        self.gate, self.entered = asyncio.Event(), asyncio.Event()
-
-    def __enter__(self) -> asyncio.Event:
-        loop, prepare, gate, entered = asyncio.get_running_loop(), type(self.dream).prepare.__get__(self.dream), self.gate, self.entered
-
-        def held(job, limits):
-            loop.call_soon_threadsafe(entered.set)
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=60)
-            return prepare(job, limits)
-        self.dream.prepare = held  # on this instance only, undone on leaving
-        return entered
-
-    def __exit__(self, *exc: object) -> None:
-        self.gate.set()
-        del self.dream.prepare
+@contextlib.contextmanager
+def holding_dream(bot) -> Iterator[asyncio.Event]:
+    """While inside, /dream's prepare waits (on the worker's threads) until the block ends: a job that
+    runs a while. Yields the event set once a job is held."""
+    gate, entered = asyncio.Event(), asyncio.Event()
+    dream = _hold_prepare(bot, gate, entered)
+    try:
+        yield entered
+    finally:
+        gate.set()
+        del dream.prepare
 
 
 def quoted_seconds(record: Record) -> float:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import png_bytes, png_declaring
+from odd_images import png_chunk
 from models import samples
 from models.errors import TooLargeError
 from models.images import ImageError, Limits, decode, encode, encode_animation, probe
@@ -105,12 +106,6 @@ def test_a_result_that_cannot_fit_the_upload_limit_is_a_sentence_for_the_person(
         encode_animation([noise, noise], "gif", 80, 200)
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    import struct
-    import zlib
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def in_idat_chunks(png: bytes, size: int) -> bytes:
     """The same PNG with its pixel data re-split into `size`-byte IDAT chunks, as libpng writes 8 KB ones."""
     pos, head, data, tail = 8, [png[:8]], b"", []
@@ -121,7 +116,7 @@ def in_idat_chunks(png: bytes, size: int) -> bytes:
         else:
             (tail if data else head).append(png[pos:pos + 12 + length])
         pos += 12 + length
-    return b"".join(head + [_chunk(b"IDAT", data[i:i + size]) for i in range(0, len(data), size)] + tail)
+    return b"".join(head + [png_chunk(b"IDAT", data[i:i + size]) for i in range(0, len(data), size)] + tail)
 
 
 def test_header_walks_are_bounded_whatever_the_file_and_ordinary_files_pass():

@@ -38,7 +38,6 @@ from models.tasks import TASKS, Plan, Task
 log = logging.getLogger("easel.pool")
 
 
-
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} seconds" if seconds < 90 else f"{seconds / 60:.0f} minutes"
 
